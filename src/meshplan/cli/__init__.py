@@ -1,0 +1,1 @@
+"""The `meshplan` command."""

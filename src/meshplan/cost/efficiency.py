@@ -1,0 +1,55 @@
+"""Efficiency factors: the few fitted numbers that turn datasheet peaks into achieved speeds.
+
+Layer 1 of hardware knowledge is the datasheet (the GPU catalog); this is layer 2, fitted to measured runs
+(`meshplan/data/efficiency/training.json`, produced by `benchmarks/fit_training.py` from the published runs
+in `meshplan/data/published/`). Every factor is dimensionless and physically meaningful.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+from pydantic import Field
+
+from meshplan.specs.base import Frozen
+from meshplan.specs.gpu import GpuSpec
+
+# Achieved fraction of datasheet HBM bandwidth for streaming element-wise kernels (STREAM-like copy/scale;
+# e.g. ~0.8-0.9 of peak for large vectors on A100/H100 in NVIDIA's bandwidthTest). Not fitted.
+HBM_EFFICIENCY = 0.85  # dimensionless
+
+
+class Efficiency(Frozen):
+    """Achieved fractions of the datasheet figures."""
+
+    gemm: dict[str, float]
+    """Achieved fraction of peak tensor FLOP/s for large bf16/fp16 GEMMs, per GPU architecture."""
+    gemm_uncertainty: dict[str, float] = Field(default_factory=dict)
+    """One standard error of each `gemm` factor, from the fit."""
+    fp8_ratio: float = Field(gt=0, le=1)
+    """Achieved fraction of the fp8 peak divided by the achieved fraction of the bf16 peak (casts, scaling)."""
+    ridge_factor: float = Field(ge=0)
+    """GEMM efficiency falls to half when its arithmetic intensity equals ridge_factor x the machine's ridge point."""
+    intra_node_bandwidth: float = Field(gt=0, le=1)
+    """Achieved fraction of scale-up (NVLink) bandwidth in collectives (NCCL bus bandwidth / link bandwidth)."""
+    inter_node_bandwidth: float = Field(gt=0, le=1)
+    """Achieved fraction of per-GPU network bandwidth in collectives."""
+    fallback_architecture: str = "hopper"
+    """Architecture whose `gemm` factor stands in for one with no measured runs."""
+    source: str = "defaults"
+    """Where these numbers come from (the fit that produced them, or 'defaults')."""
+
+    def gemm_for(self, gpu: GpuSpec) -> tuple[float, str]:
+        """The GEMM factor for `gpu` and where it comes from."""
+        if gpu.architecture in self.gemm:
+            return self.gemm[gpu.architecture], f"fitted ({self.source})"
+        fallback = self.gemm[self.fallback_architecture]
+        return fallback, f"assumed: no measured {gpu.architecture} runs, {self.fallback_architecture} factor used"
+
+
+@lru_cache(maxsize=1)
+def default_efficiency() -> Efficiency:
+    """The factors shipped with meshplan (fitted to the published training runs)."""
+    path = resources.files("meshplan") / "data" / "efficiency" / "training.json"
+    return Efficiency.model_validate_json(path.read_text(encoding="utf-8"))

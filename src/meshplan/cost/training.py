@@ -1,0 +1,298 @@
+"""The training cost model: step time with its breakdown, throughput, MFU and peak memory, vectorised.
+
+step = m·t_max + (pp-1)/vpp·t_mean            (pipeline: m micro-batches at the slowest stage's pace,
+                                                plus the fill/drain bubble; Narayanan et al. 2021, §2.2)
+     + pipeline sends + exposed data-parallel sync + optimizer step
+
+where a stage's time per micro-batch t = compute (GEMMs at a size-dependent efficiency, attention core,
+memory-bound element-wise work, recomputation) + tensor-parallel collectives + exposed context-parallel
+exchange + expert-parallel all-to-all. One implementation for one strategy or a million: every quantity
+below is a numpy column over the rows of a `StrategyTable`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from meshplan.cost import flops as F
+from meshplan.cost.comm import Links, all_gather_time, all_reduce_time, all_to_all_time, p2p_time, reduce_scatter_time
+from meshplan.cost.efficiency import HBM_EFFICIENCY, Efficiency
+from meshplan.cost.memory import (
+    ACT_BYTES,
+    FULL,
+    GRAD_BYTES,
+    SELECTIVE,
+    WEIGHT_BYTES,
+    MemoryBreakdown,
+    memory_breakdown,
+    num_microbatches,
+    stage_params,
+)
+from meshplan.specs.cluster import ClusterSpec
+from meshplan.specs.model import ModelSpec
+from meshplan.specs.workload import TrainWorkload
+from meshplan.strategy import StrategyTable
+
+# Fused attention kernels reach a lower fraction of peak than large GEMMs: FlashAttention-2 reports 50-73%
+# of A100 peak forward and less backward (Dao 2023, §4.1) against ~80-88% for cuBLAS GEMMs.
+ATTENTION_KERNEL_RATIO = 0.7  # dimensionless, attention-core efficiency / GEMM efficiency
+# Adam step traffic per parameter: read+write fp32 master, m, v (24 B), read fp32 grad (4 B), write bf16
+# weight (2 B), read grad again for the norm/clipping (4 B).
+ADAM_BYTES_PER_PARAM = 34  # bytes/param
+
+BREAKDOWN_KEYS = (
+    "compute", "recompute", "tp_comm", "cp_comm", "ep_comm", "pp_bubble", "pp_p2p", "dp_comm", "optimizer",
+)
+BREAKDOWN_SOURCES = {
+    "compute": "GEMMs x3 (Narayanan 2021 eq. 3), roofline efficiency; attention (PaLM App. B); element-wise HBM",
+    "recompute": "extra forward: all layers (full) or attention core (selective); Korthikanti 2022 §5",
+    "tp_comm": "4 all-reduces/layer/micro-batch, 6 with full recompute; Narayanan 2021 §3.2, Korthikanti 2022 §4.2.2",
+    "cp_comm": "K/V ring, (cp-1) steps fwd, 2(cp-1) bwd, behind attention compute; Liu 2023 §3",
+    "ep_comm": "2 all-to-alls per MoE layer fwd, 2 bwd; GShard (Lepikhin 2020)",
+    "pp_bubble": "(pp-1)/vpp stage times; Narayanan 2021 §2.2",
+    "pp_p2p": "activation send/recv per micro-batch and chunk, scattered over tp; Narayanan 2021 §4.1",
+    "dp_comm": "gradient/parameter sync by ZeRO stage, minus overlap with backward; Rajbhandari 2020 §7",
+    "optimizer": "Adam step, memory-bound, 34 B/param over HBM bandwidth",
+}
+
+
+@dataclass(frozen=True)
+class TrainingCost:
+    """Predicted figures per strategy (numpy columns, one value per row of the table)."""
+
+    step_time_s: np.ndarray
+    breakdown: dict[str, np.ndarray]
+    """Seconds per step by term (BREAKDOWN_KEYS); they sum to `step_time_s`."""
+    memory: MemoryBreakdown
+    tokens_per_s: np.ndarray
+    tokens_per_s_per_gpu: np.ndarray
+    tflops_per_gpu: np.ndarray
+    """Model FLOP/s per GPU / 1e12 (PaLM App. B counting: no recomputation, full attention)."""
+    mfu: np.ndarray
+    """Model FLOP/s utilisation against the peak of the training precision."""
+    hfu: np.ndarray
+    """Hardware FLOP/s utilisation: recomputation counted."""
+    peak_memory_bytes: np.ndarray
+    fits: np.ndarray
+    provenance: dict[str, str] = field(default_factory=dict)
+
+
+def _gemm_efficiency(m: np.ndarray, n: np.ndarray, k: np.ndarray, elem_bytes: float, peak: float,
+                     hbm_bytes_per_s: float, gemm_eff: float, ridge_factor: float) -> np.ndarray:
+    """Achieved fraction of peak for an (M×K)·(K×N) GEMM.
+
+    Roofline-shaped (Williams et al. 2009): arithmetic intensity I = 2MNK / (bytes·(MK + KN + MN)) FLOP/byte;
+    efficiency = e_max · I / (I + c·I_ridge), I_ridge = peak / HBM bandwidth, so small or skinny GEMMs
+    (large tp, small micro-batches, narrow experts) fall below the large-GEMM plateau e_max.
+    """
+    intensity = 2.0 * m * n * k / (elem_bytes * (m * k + k * n + m * n))
+    ridge = peak / hbm_bytes_per_s
+    return gemm_eff * intensity / (intensity + ridge_factor * ridge)
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    """Per-call constants shared by the helpers below."""
+
+    model: ModelSpec
+    workload: TrainWorkload
+    cluster: ClusterSpec
+    eff: Efficiency
+    links: Links
+    gemm_eff: float
+    peak_bf16: float
+    peak_gemm: float
+    gemm_eff_precision: float
+    elem_bytes: float
+
+
+def _gemm_time(ctx: _Ctx, gemms: list[F.Gemm], tokens: np.ndarray, t: StrategyTable, low_precision: bool) -> np.ndarray:
+    """Forward time of `gemms` for `tokens` tokens on one GPU."""
+    total = np.zeros(len(t))
+    hbm = ctx.cluster.gpu.hbm_bytes_per_s
+    for g in gemms:
+        split = t.tp.astype(float) if g.tp_split != "none" else np.ones(len(t))
+        n = g.n / t.tp if g.tp_split == "n" else np.full(len(t), float(g.n))
+        k = g.k / t.tp if g.tp_split == "k" else np.full(len(t), float(g.k))
+        rows = tokens * g.uses_per_token * t.ep / ctx.model.num_experts if g.expert else tokens
+        peak, e_max, nbytes = (ctx.peak_gemm, ctx.gemm_eff_precision, ctx.elem_bytes) if low_precision else (
+            ctx.peak_bf16, ctx.gemm_eff, float(ACT_BYTES))
+        eff = _gemm_efficiency(np.maximum(rows, 1.0), n, k, nbytes, peak, hbm, e_max, ctx.eff.ridge_factor)
+        total += tokens * g.flops_per_token / split / (peak * eff)
+    return total
+
+
+def _elementwise_bytes_per_token(model: ModelSpec, workload: TrainWorkload, moe: bool) -> tuple[float, float]:
+    """Forward HBM traffic per token of a layer's non-GEMM kernels: (not split by tp without SP, split by tp).
+
+    Norms 2×(read+write 2h B), residual adds 2×(2 reads + 1 write of 2h B), dropout (read, write, mask) where
+    present; rotary on Q/K; the MLP activation; token permutation for MoE; unfused softmax over the scores.
+    """
+    h = model.hidden
+    replicated = (8 + 12 + (10 if model.dropout else 0)) * h
+    ffn = model.moe_ffn_hidden * (model.moe_topk + model.num_shared_experts) if moe else model.ffn_hidden
+    split = 4 * (model.q_dim + model.kv_dim) + (6 if model.gated_mlp else 4) * ffn
+    if moe:
+        split += 8 * h * model.moe_topk
+    if not workload.flash_attention:
+        split += model.num_heads * workload.seq_len * (4 + (5 if model.dropout else 0))
+    return float(replicated), float(split)
+
+
+def _layer_times(ctx: _Ctx, t: StrategyTable, moe: bool) -> dict[str, np.ndarray]:
+    """Per micro-batch, one layer: forward compute, recompute, TP, CP and EP communication (seconds)."""
+    model, w = ctx.model, ctx.workload
+    tokens = w.seq_len / t.cp * t.micro_batch
+    gemms = F.attention_gemms(model) + (F.moe_mlp_gemms(model) if moe else F.dense_mlp_gemms(model))
+    low = w.precision == "fp8"
+    router = [g for g in gemms if g.name == "router"]
+    fwd_gemm = _gemm_time(ctx, [g for g in gemms if g.name != "router"], tokens, t, low)
+    fwd_gemm = fwd_gemm + (_gemm_time(ctx, router, tokens, t, False) if router else 0.0)
+    attn_flops = F.attention_core_flops_per_token(model, w.seq_len, causal_skip=w.flash_attention)
+    fwd_attn = tokens * attn_flops / t.tp / (ctx.peak_bf16 * ctx.gemm_eff * ATTENTION_KERNEL_RATIO)
+    rep, split = _elementwise_bytes_per_token(model, w, moe)
+    ew_bytes = tokens * (np.where(t.sequence_parallel, rep / t.tp, rep) + split / t.tp)
+    fwd_ew = ew_bytes / (ctx.cluster.gpu.hbm_bytes_per_s * HBM_EFFICIENCY)
+    fwd = fwd_gemm + fwd_attn + fwd_ew
+    recompute = np.where(t.recompute == FULL, fwd, np.where(t.recompute == SELECTIVE, fwd_attn, 0.0))
+
+    act_bytes = tokens * model.hidden * ACT_BYTES
+    tp_ops = np.where(t.recompute == FULL, 6.0, 4.0)
+    tp_comm = tp_ops * all_reduce_time(act_bytes, t.tp, np.ones(len(t)), ctx.links)
+
+    kv_bytes = 2.0 * tokens * model.kv_dim * ACT_BYTES / t.tp
+    cp_cross = t.tp * t.cp > ctx.cluster.gpus_per_node
+    cp_step = p2p_time(kv_bytes, cp_cross, ctx.links)
+    cp_fwd = np.maximum((t.cp - 1) * cp_step - fwd_attn, 0.0)
+    cp_bwd = np.maximum(2 * (t.cp - 1) * cp_step - 2 * fwd_attn, 0.0)
+    cp_comm = np.where(t.cp > 1, cp_fwd * np.where(t.recompute == FULL, 2.0, 1.0) + cp_bwd, 0.0)
+
+    if moe:
+        a2a_bytes = np.where(t.sequence_parallel, tokens / t.tp, tokens) * model.moe_topk * model.hidden * ACT_BYTES
+        a2a_ops = np.where(t.recompute == FULL, 6.0, 4.0)
+        ep_comm = a2a_ops * all_to_all_time(a2a_bytes, t.ep, t.tp, ctx.links)
+    else:
+        ep_comm = np.zeros(len(t))
+    return {"fwd": fwd, "recompute": recompute, "tp_comm": tp_comm, "cp_comm": cp_comm, "ep_comm": ep_comm}
+
+
+def training_cost(model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkload, t: StrategyTable,
+                  eff: Efficiency) -> TrainingCost:
+    """Predict step time, throughput, MFU and memory for every row of `t` (rows are assumed valid)."""
+    gpu = cluster.gpu
+    peak_bf16 = gpu.peak("fp16" if workload.precision == "fp16" else "bf16")
+    gemm_eff, eff_source = eff.gemm_for(gpu)
+    peak_precision = gpu.peak(workload.precision)
+    low = workload.precision == "fp8"
+    ctx = _Ctx(model, workload, cluster, eff, Links.of(cluster, eff), gemm_eff, peak_bf16,
+               gpu.peak("fp8") if low else peak_bf16, gemm_eff * (eff.fp8_ratio if low else 1.0), 1.0 if low else 2.0)
+    n = len(t)
+    m = num_microbatches(t, workload).astype(float)
+    tokens = workload.seq_len / t.cp * t.micro_batch
+    ones = np.ones(n)
+
+    # --- one micro-batch through one stage -----------------------------------------------------------
+    dense_frac = model.num_mlp_dense_layers / model.num_layers
+    per_layer = {k: dense_frac * v for k, v in _layer_times(ctx, t, moe=False).items()} if dense_frac else None
+    if model.is_moe:
+        moe_t = _layer_times(ctx, t, moe=True)
+        per_layer = moe_t if per_layer is None else {k: per_layer[k] + (1 - dense_frac) * moe_t[k] for k in moe_t}
+    assert per_layer is not None
+    layers = model.num_layers / t.pp
+    body = {k: layers * v for k, v in per_layer.items()}
+    # Backward costs twice the forward (Narayanan et al. 2021 eq. 3).
+    body_compute = 3.0 * body["fwd"]
+    head_fwd = _gemm_time(ctx, [F.lm_head_gemm(model)], tokens, t, False)
+    head_compute = 3.0 * head_fwd
+    act_bytes = tokens * model.hidden * ACT_BYTES
+    edge_comm = all_reduce_time(act_bytes, t.tp, ones, ctx.links)  # vocab-parallel embedding / LM-head gather
+    body_time = body_compute + body["recompute"] + body["tp_comm"] + body["cp_comm"] + body["ep_comm"]
+    first = body_time + edge_comm
+    last = body_time + head_compute + edge_comm
+    single = t.pp == 1
+    slowest = np.where(single, body_time + head_compute + 2 * edge_comm, np.maximum(first, last))
+    mean = np.where(single, slowest, body_time + (head_compute + 2 * edge_comm) / t.pp)
+
+    # --- pipeline ----------------------------------------------------------------------------------------
+    bubble = (t.pp - 1) / t.vpp * mean
+    p2p_bytes = act_bytes / t.tp
+    pp_cross = t.tp * t.cp * t.dp >= cluster.gpus_per_node
+    p2p = np.where(t.pp > 1, 2.0 * (m * t.vpp + t.pp - 1) * p2p_time(p2p_bytes, pp_cross, ctx.links), 0.0)
+
+    # --- data-parallel synchronisation (group dp·cp, stride tp; experts over dp·cp/ep, stride tp·ep) -----
+    params = stage_params(model, t)
+    dense_p = np.maximum(params["first"], params["last"])
+    expert_p = params["experts"]
+    dp_n, dp_stride = (t.dp * t.cp).astype(float), t.tp.astype(float)
+    ex_n, ex_stride = np.maximum(dp_n / t.ep, 1.0), (t.tp * t.ep).astype(float)
+
+    def sync(op, bytes_per_param: float) -> np.ndarray:  # type: ignore[no-untyped-def]
+        return op(bytes_per_param * dense_p, dp_n, dp_stride, ctx.links) + op(bytes_per_param * expert_p, ex_n, ex_stride, ctx.links)
+
+    compute_mb = body_compute + body["recompute"] + np.where(single, head_compute, 0.0)
+    bwd_window = (2.0 / 3.0) * body_compute  # the last micro-batch's backward hides the gradient sync
+    fwd_window = body_compute / 3.0  # the first micro-batch's forward hides the parameter gather
+    grad_ar = sync(all_reduce_time, GRAD_BYTES)
+    grad_rs = sync(reduce_scatter_time, GRAD_BYTES)
+    param_ag = sync(all_gather_time, WEIGHT_BYTES)
+    zero3_mb = 2.0 * param_ag + grad_rs  # gather for forward and again for backward, reduce-scatter grads
+    dp_comm = np.select(
+        [t.zero == 0, t.zero <= 2],
+        [np.maximum(grad_ar - bwd_window, 0.0),
+         np.maximum(grad_rs - bwd_window, 0.0) + np.maximum(param_ag - fwd_window, 0.0)],
+        m * (np.maximum(zero3_mb - compute_mb, 0.0) + zero3_mb / np.maximum(layers, 1.0)),
+    )
+    dp_comm = np.where(dp_n > 1, dp_comm, 0.0)
+
+    # --- optimizer ---------------------------------------------------------------------------------------
+    shard = np.where(t.zero >= 1, dp_n, 1.0)
+    opt_params = dense_p / shard + expert_p / np.where(t.zero >= 1, ex_n, 1.0)
+    optimizer = opt_params * ADAM_BYTES_PER_PARAM / (gpu.hbm_bytes_per_s * HBM_EFFICIENCY)
+
+    # --- assemble: the slowest stage's terms x m, the rest as they are -------------------------------------
+    last_is_slowest = single | (last >= first)
+    crit_compute = body_compute + np.where(last_is_slowest, head_compute, 0.0)
+    crit_tp = body["tp_comm"] + edge_comm * np.where(single, 2.0, 1.0)
+    breakdown = {
+        "compute": m * crit_compute,
+        "recompute": m * body["recompute"],
+        "tp_comm": m * crit_tp,
+        "cp_comm": m * body["cp_comm"],
+        "ep_comm": m * body["ep_comm"],
+        "pp_bubble": bubble,
+        "pp_p2p": p2p,
+        "dp_comm": dp_comm,
+        "optimizer": optimizer,
+    }
+    step = sum(breakdown.values())
+    assert isinstance(step, np.ndarray)
+
+    tokens_per_step = float(workload.tokens_per_step)
+    model_flops = F.model_flops_per_token(model, workload.seq_len) * tokens_per_step
+    recompute_share = np.select([t.recompute == FULL, t.recompute == SELECTIVE], [1.0 / 3.0, 0.0], 0.0)
+    selective_flops = model.num_layers * F.attention_core_flops_per_token(model, workload.seq_len, False) * tokens_per_step
+    hw_flops = model_flops * (1.0 + recompute_share) + np.where(t.recompute == SELECTIVE, selective_flops, 0.0)
+    num_gpus = float(cluster.num_gpus)
+    memory = memory_breakdown(model, workload, t)
+    peak_mem = memory.total
+    return TrainingCost(
+        step_time_s=step,
+        breakdown=breakdown,
+        memory=memory,
+        tokens_per_s=tokens_per_step / step,
+        tokens_per_s_per_gpu=tokens_per_step / step / num_gpus,
+        tflops_per_gpu=model_flops / step / num_gpus / 1e12,
+        mfu=model_flops / step / num_gpus / peak_precision,
+        hfu=hw_flops / step / num_gpus / peak_precision,
+        peak_memory_bytes=peak_mem,
+        fits=peak_mem <= gpu.hbm_bytes,
+        provenance={
+            "peak_flops": f"datasheet: {gpu.name} {workload.precision} {peak_precision / 1e12:,.0f} TFLOP/s (meshplan gpus --json)",
+            "gemm_efficiency": f"{gemm_eff:.3f} {eff_source}",
+            "bandwidth_efficiency": f"intra {eff.intra_node_bandwidth:.2f}, inter {eff.inter_node_bandwidth:.2f} ({eff.source})",
+            "links": "cluster spec (datasheet defaults unless overridden)",
+            "memory": "Korthikanti et al. 2022 activations; 2+4+12 B/param model states by ZeRO stage",
+        },
+    )
