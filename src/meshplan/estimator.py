@@ -105,6 +105,15 @@ def parse_request(fields: dict[str, Any]) -> EstimateRequest:
 
 def resolve(request: EstimateRequest) -> tuple[ModelSpec, ClusterSpec, TrainWorkload, Strategy]:
     """Specs and strategy from a request, with defaults filled in and every rule checked."""
+    try:
+        return _resolve(request)
+    except ValidationError as exc:  # a spec's own validator refused a combination of values
+        err = exc.errors()[0]
+        cause = err.get("ctx", {}).get("error")
+        raise PlanError(str(cause) if isinstance(cause, PlanError) else _one_line(exc)) from None
+
+
+def _resolve(request: EstimateRequest) -> tuple[ModelSpec, ClusterSpec, TrainWorkload, Strategy]:
     model = load_model(request.model)
     gpu = load_gpu(request.gpu)
     cluster = make_cluster(

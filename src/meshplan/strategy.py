@@ -159,7 +159,7 @@ RULES: tuple[Rule, ...] = (
     Rule("ep_dense", "expert parallelism on a dense model", "set ep 1 for a dense model",
          lambda t, m, c, w: (t.ep > 1) & (m.num_experts == 0)),
     Rule("ep_experts", "experts not divisible by ep", "use an ep that divides the number of experts",
-         lambda t, m, c, w: (t.ep > 1) & (max(m.num_experts, 1) % t.ep != 0)),
+         lambda t, m, c, w: (t.ep > 1) & (m.num_experts > 0) & (max(m.num_experts, 1) % t.ep != 0)),
     Rule("ep_dp", "ep does not divide dp*cp (ep is carved out of the data-parallel ranks)",
          "use an ep that divides dp*cp",
          lambda t, m, c, w: (t.dp * t.cp) % t.ep != 0),
@@ -186,22 +186,26 @@ def check_strategy(strategy: Strategy, model: ModelSpec, cluster: ClusterSpec, w
     table = StrategyTable.from_strategies([strategy])
     for rule in RULES:
         if bool(np.asarray(rule.violated(table, model, cluster, workload)).reshape(-1)[0]):
-            raise PlanError(f"invalid strategy ({strategy.label()}; {_context(rule.name, model, cluster, workload)}): "
-                            f"{rule.reason}; {rule.fix}")
+            raise PlanError(f"invalid strategy {strategy.label()}: {rule.reason} "
+                            f"({_context(rule.name, strategy, model, cluster, workload)}); {rule.fix}")
 
 
-def _context(rule: str, model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkload) -> str:
-    """The fixed quantities a rule compares against, for the error message."""
+def _context(rule: str, s: Strategy, model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkload) -> str:
+    """The values a rule compares, for the error message."""
     return {
-        "gpu_count": f"num_gpus={cluster.num_gpus}",
-        "heads_tp": f"heads={model.num_heads}",
-        "kv_heads_tp": f"kv_heads={model.num_kv_heads}",
-        "ffn_tp": f"ffn_hidden={model.ffn_hidden or model.moe_ffn_hidden}",
-        "tp_node": f"gpus_per_node={cluster.gpus_per_node}",
-        "layers_pp": f"layers={model.num_layers}",
-        "batch_dp": f"global_batch={workload.global_batch}",
-        "interleaved_microbatches": f"global_batch={workload.global_batch}",
-        "seq_cp": f"seq_len={workload.seq_len}",
-        "seq_tp_sp": f"seq_len={workload.seq_len}",
-        "ep_experts": f"experts={model.num_experts}",
+        "gpu_count": f"dp*tp*pp*cp={s.num_gpus}, num_gpus={cluster.num_gpus}",
+        "heads_tp": f"heads={model.num_heads}, tp={s.tp}",
+        "kv_heads_tp": f"kv_heads={model.num_kv_heads}, tp={s.tp}",
+        "ffn_tp": f"ffn_hidden={model.ffn_hidden or model.moe_ffn_hidden}, tp={s.tp}",
+        "tp_node": f"tp={s.tp}, gpus_per_node={cluster.gpus_per_node}",
+        "layers_pp": f"layers={model.num_layers}, pp*vpp={s.pp * s.vpp}",
+        "vpp_schedule": f"vpp={s.vpp}, pp={s.pp}, schedule={s.schedule}",
+        "batch_dp": f"global_batch={workload.global_batch}, dp*micro_batch={s.dp * s.micro_batch}",
+        "interleaved_microbatches": f"micro-batches={workload.global_batch // (s.dp * s.micro_batch)}, pp={s.pp}",
+        "seq_cp": f"seq_len={workload.seq_len}, cp={s.cp}",
+        "seq_tp_sp": f"seq_len={workload.seq_len}, tp*cp={s.tp * s.cp}",
+        "sp_needs_tp": f"tp={s.tp}",
+        "ep_dense": f"ep={s.ep}, model {model.name} has no experts",
+        "ep_experts": f"experts={model.num_experts}, ep={s.ep}",
+        "ep_dp": f"ep={s.ep}, dp*cp={s.dp * s.cp}",
     }.get(rule, f"model {model.name}")
