@@ -17,6 +17,12 @@ def test_all_reduce_inside_a_node() -> None:
     assert all_reduce_time(GB, 8, 1, LINKS) == pytest.approx(2 * 7 / 8 * 0.01 + 6e-6)
 
 
+def test_reduce_scatter_ring_latency_grows_with_the_group() -> None:
+    # 64 ranks, stride 1: k=8, r=8. (7/8)·B/100e9 + (7/8)·(B/8)/10e9 + 7·1e-6 + 7·10e-6
+    expected = 7 / 8 * 0.01 + 7 / 8 * (GB / 8) / 10e9 + 7e-6 + 70e-6
+    assert reduce_scatter_time(GB, 64, 1, LINKS) == pytest.approx(expected)
+
+
 def test_all_reduce_across_nodes_is_hierarchical() -> None:
     # 32 ranks, stride 1: k=8 per node over r=4 nodes.
     # intra: 2·7/8·B/100e9 + 2·3·1e-6; inter: 2·3/4·(B/8)/10e9 + 2·2·10e-6
@@ -30,10 +36,11 @@ def test_strided_group_has_one_member_per_node() -> None:
     assert all_reduce_time(GB, 4, 8, LINKS) == pytest.approx(expected)
 
 
-def test_reduce_scatter_is_half_an_all_reduce_and_trivial_group_is_free() -> None:
-    sizes = np.array([1, 2, 8, 64])
-    np.testing.assert_allclose(2 * reduce_scatter_time(GB, sizes, 1, LINKS), all_reduce_time(GB, sizes, 1, LINKS))
-    assert all_reduce_time(GB, 1, 1, LINKS) == 0.0
+def test_reduce_scatter_moves_half_the_bytes_of_an_all_reduce_and_trivial_group_is_free() -> None:
+    sizes = np.array([2, 8, 64])
+    no_latency = Links(100e9, 10e9, 0.0, 0.0, 8)
+    np.testing.assert_allclose(2 * reduce_scatter_time(GB, sizes, 1, no_latency), all_reduce_time(GB, sizes, 1, no_latency))
+    assert all_reduce_time(GB, 1, 1, LINKS) == 0.0 and reduce_scatter_time(GB, 1, 1, LINKS) == 0.0
 
 
 def test_all_to_all_slower_share_sets_the_pace() -> None:

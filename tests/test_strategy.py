@@ -23,6 +23,8 @@ W = TrainWorkload(global_batch=512, seq_len=8192)
         (Strategy(dp=1, tp=16, pp=4), "tp_node"),
         (Strategy(dp=8, tp=8, pp=1, ep=2), "ep_dense"),
         (Strategy(dp=4, tp=8, pp=2, vpp=2), "vpp_schedule"),  # vpp without interleaved
+        (Strategy(dp=8, tp=8, pp=1, vpp=2, schedule="interleaved"), "vpp_schedule"),  # interleaving needs pp > 1
+        (Strategy(dp=4, tp=8, pp=2, schedule="interleaved"), "vpp_schedule"),  # interleaved needs vpp > 1
         (Strategy(dp=8, tp=1, pp=8, sequence_parallel=True), "sp_needs_tp"),
         (Strategy(dp=4, tp=4, pp=1, cp=4, micro_batch=1), None),
     ],

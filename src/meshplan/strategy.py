@@ -143,7 +143,8 @@ RULES: tuple[Rule, ...] = (
          lambda t, m, c, w: m.num_layers % (t.pp * t.vpp) != 0),
     Rule("vpp_schedule", "vpp > 1 needs the interleaved schedule (and interleaved needs vpp > 1, pp > 1)",
          "set --vpp 1 for 1F1B/GPipe, or --vpp > 1 with pp > 1 for interleaved",
-         lambda t, m, c, w: (t.vpp > 1) != (t.schedule == SCHEDULE_CODES.index("interleaved")) | ((t.vpp > 1) & (t.pp == 1))),
+         lambda t, m, c, w: ((t.vpp > 1) != (t.schedule == SCHEDULE_CODES.index("interleaved")))
+         | ((t.vpp > 1) & (t.pp == 1))),
     Rule("batch_dp", "global batch not divisible by dp*micro_batch", "choose dp and micro-batch that divide the global batch",
          lambda t, m, c, w: w.global_batch % (t.dp * t.micro_batch) != 0),
     Rule("interleaved_microbatches", "interleaved schedule needs the number of micro-batches to be a multiple of pp",

@@ -51,22 +51,31 @@ def _log2(x: np.ndarray) -> np.ndarray:
     return np.ceil(np.log2(np.maximum(x, 1.0)))
 
 
-def all_reduce_time(nbytes: np.ndarray, n: np.ndarray, stride: np.ndarray, links: Links) -> np.ndarray:
-    """All-reduce of `nbytes` per rank: 2(k-1)/k·B/bw_intra + 2(r-1)/r·(B/k)/bw_inter + α terms.
+def _ring_bandwidth_time(nbytes: np.ndarray, k: np.ndarray, r: np.ndarray, links: Links) -> np.ndarray:
+    """(p-1)/p·n·β of one ring pass (reduce-scatter or all-gather), hierarchically over the two tiers."""
+    nbytes = np.asarray(nbytes, dtype=np.float64)
+    return (k - 1.0) / k * nbytes / links.intra_bytes_per_s + (r - 1.0) / r * (nbytes / k) / links.inter_bytes_per_s
 
-    Bandwidth term of the ring / Rabenseifner algorithm, 2(p-1)/p·n·β; latency 2·log2(p)·α per tier
-    (Thakur et al. 2005, §4.4, recursive halving + doubling).
+
+def all_reduce_time(nbytes: np.ndarray, n: np.ndarray, stride: np.ndarray, links: Links) -> np.ndarray:
+    """All-reduce of `nbytes` per rank: 2(k-1)/k·B/bw_intra + 2(r-1)/r·(B/k)/bw_inter + 2·log2(p)·α per tier.
+
+    Bandwidth of the ring / Rabenseifner algorithm, 2(p-1)/p·n·β; latency of a tree (NCCL's double binary
+    tree at scale), 2·log2(p)·α (Thakur et al. 2005, §4.4).
     """
-    return 2.0 * reduce_scatter_time(nbytes, n, stride, links)
+    k, r = _placement(n, stride, links.gpus_per_node)
+    latency = 2.0 * (_log2(k) * links.intra_latency_s + _log2(r) * links.inter_latency_s)
+    return np.where(np.asarray(n) > 1, 2.0 * _ring_bandwidth_time(nbytes, k, r, links) + latency, 0.0)
 
 
 def reduce_scatter_time(nbytes: np.ndarray, n: np.ndarray, stride: np.ndarray, links: Links) -> np.ndarray:
-    """Reduce-scatter (or all-gather) of a `nbytes` buffer: (p-1)/p·n·β + log2(p)·α per tier (Thakur §4.2)."""
+    """Reduce-scatter (or all-gather) of a `nbytes` buffer with a ring: (p-1)/p·n·β + (p-1)·α (Thakur §4.2).
+
+    NCCL runs these two as rings only, so the latency grows with the group: (k-1)·α_intra + (r-1)·α_inter.
+    """
     k, r = _placement(n, stride, links.gpus_per_node)
-    nbytes = np.asarray(nbytes, dtype=np.float64)
-    intra = (k - 1.0) / k * nbytes / links.intra_bytes_per_s + _log2(k) * links.intra_latency_s
-    inter = (r - 1.0) / r * (nbytes / k) / links.inter_bytes_per_s + _log2(r) * links.inter_latency_s
-    return np.where(np.asarray(n) > 1, intra + inter, 0.0)
+    latency = (k - 1.0) * links.intra_latency_s + (r - 1.0) * links.inter_latency_s
+    return np.where(np.asarray(n) > 1, _ring_bandwidth_time(nbytes, k, r, links) + latency, 0.0)
 
 
 all_gather_time = reduce_scatter_time

@@ -35,9 +35,6 @@ from meshplan.specs.model import ModelSpec
 from meshplan.specs.workload import TrainWorkload
 from meshplan.strategy import StrategyTable
 
-# Fused attention kernels reach a lower fraction of peak than large GEMMs: FlashAttention-2 reports 50-73%
-# of A100 peak forward and less backward (Dao 2023, §4.1) against ~80-88% for cuBLAS GEMMs.
-ATTENTION_KERNEL_RATIO = 0.7  # dimensionless, attention-core efficiency / GEMM efficiency
 # Adam step traffic per parameter: read+write fp32 master, m, v (24 B), read fp32 grad (4 B), write bf16
 # weight (2 B), read grad again for the norm/clipping (4 B).
 ADAM_BYTES_PER_PARAM = 34  # bytes/param
@@ -151,7 +148,14 @@ def _layer_times(ctx: _Ctx, t: StrategyTable, moe: bool) -> dict[str, np.ndarray
     fwd_gemm = _gemm_time(ctx, [g for g in gemms if g.name != "router"], tokens, t, low)
     fwd_gemm = fwd_gemm + (_gemm_time(ctx, router, tokens, t, False) if router else 0.0)
     attn_flops = F.attention_core_flops_per_token(model, w.seq_len, causal_skip=w.flash_attention)
-    fwd_attn = tokens * attn_flops / t.tp / (ctx.peak_bf16 * ctx.gemm_eff * ATTENTION_KERNEL_RATIO)
+    if w.flash_attention:  # one fused kernel at its own fraction of the GEMM rate
+        attn_eff = ctx.gemm_eff * ctx.eff.attention_ratio
+    else:  # batched GEMMs per head, QKᵀ: (s x d)·(d x s), scores through HBM (softmax counted as element-wise)
+        ctx_len = np.full(len(t), float(w.seq_len))
+        attn_eff = _gemm_efficiency(np.maximum(tokens / t.micro_batch, 1.0), ctx_len, np.full(len(t), float(model.head_dim)),
+                                    float(ACT_BYTES), ctx.peak_bf16, ctx.cluster.gpu.hbm_bytes_per_s, ctx.gemm_eff,
+                                    ctx.eff.ridge_factor)
+    fwd_attn = tokens * attn_flops / t.tp / (ctx.peak_bf16 * attn_eff)
     rep, split = _elementwise_bytes_per_token(model, w, moe)
     ew_bytes = tokens * (np.where(t.sequence_parallel, rep / t.tp, rep) + split / t.tp)
     fwd_ew = ew_bytes / (ctx.cluster.gpu.hbm_bytes_per_s * HBM_EFFICIENCY)
@@ -160,7 +164,8 @@ def _layer_times(ctx: _Ctx, t: StrategyTable, moe: bool) -> dict[str, np.ndarray
 
     act_bytes = tokens * model.hidden * ACT_BYTES
     tp_ops = np.where(t.recompute == FULL, 6.0, 4.0)
-    tp_comm = tp_ops * all_reduce_time(act_bytes, t.tp, np.ones(len(t)), ctx.links)
+    exposed = 1.0 - (ctx.eff.tp_overlap if w.tp_comm_overlap else 0.0)
+    tp_comm = exposed * tp_ops * all_reduce_time(act_bytes, t.tp, np.ones(len(t)), ctx.links)
 
     kv_bytes = 2.0 * tokens * model.kv_dim * ACT_BYTES / t.tp
     cp_cross = t.tp * t.cp > ctx.cluster.gpus_per_node
@@ -237,12 +242,19 @@ def training_cost(model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkloa
     grad_ar = sync(all_reduce_time, GRAD_BYTES)
     grad_rs = sync(reduce_scatter_time, GRAD_BYTES)
     param_ag = sync(all_gather_time, WEIGHT_BYTES)
-    zero3_mb = 2.0 * param_ag + grad_rs  # gather for forward and again for backward, reduce-scatter grads
+    # ZeRO-3 / FSDP gathers and reduce-scatters one layer at a time: `layers` collectives of 1/layers the size
+    # each, so the ring latency is paid per layer (forward gather, backward gather, gradient reduce-scatter).
+    per_layer = np.maximum(layers, 1.0)
+    layer_ag = per_layer * (all_gather_time(WEIGHT_BYTES * dense_p / per_layer, dp_n, dp_stride, ctx.links)
+                            + all_gather_time(WEIGHT_BYTES * expert_p / per_layer, ex_n, ex_stride, ctx.links))
+    layer_rs = per_layer * (reduce_scatter_time(GRAD_BYTES * dense_p / per_layer, dp_n, dp_stride, ctx.links)
+                            + reduce_scatter_time(GRAD_BYTES * expert_p / per_layer, ex_n, ex_stride, ctx.links))
+    zero3_mb = 2.0 * layer_ag + layer_rs
     dp_comm = np.select(
         [t.zero == 0, t.zero <= 2],
         [np.maximum(grad_ar - bwd_window, 0.0),
          np.maximum(grad_rs - bwd_window, 0.0) + np.maximum(param_ag - fwd_window, 0.0)],
-        m * (np.maximum(zero3_mb - compute_mb, 0.0) + zero3_mb / np.maximum(layers, 1.0)),
+        m * (np.maximum(zero3_mb - compute_mb, 0.0) + zero3_mb / per_layer),
     )
     dp_comm = np.where(dp_n > 1, dp_comm, 0.0)
 

@@ -24,6 +24,8 @@ class TrainWorkload(Frozen):
     """Adam(W) with fp32 master weights and two fp32 moments (12 bytes/param; ZeRO, Rajbhandari et al. 2020)."""
     flash_attention: bool = True
     """Fused (flash) attention: no s x s score matrix is stored (Dao et al. 2022)."""
+    tp_comm_overlap: bool = False
+    """Tensor-parallel collectives overlapped with the GEMMs (Megatron-Core / Transformer Engine `--tp-comm-overlap`)."""
 
     @property
     def tokens_per_step(self) -> int:
