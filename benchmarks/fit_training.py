@@ -32,7 +32,7 @@ def main() -> int:
     args = parser.parse_args()
     runs = published_measurements()
     start = default_efficiency()
-    result = fit_efficiency(runs, start, source=f"fit to {len(runs)} published training runs (benchmarks/fit_training.py)")
+    result = fit_efficiency(runs, start, source=f"fitted to {len(runs)} published training runs (benchmarks/fit_training.py)")
     print(f"fitted on {len(runs)} runs")
     for name, value, err in zip(result.names, result.values, result.stderr):
         print(f"  {name:24s} {value:9.4g} ± {err:.2g}")

@@ -42,6 +42,8 @@ class EstimateRequest(Frozen):
     """bf16, fp16 or fp8."""
     flash_attention: bool = True
     """Fused attention kernels (no stored score matrix)."""
+    tp_comm_overlap: bool = False
+    """Tensor-parallel collectives overlapped with GEMMs (Megatron-Core --tp-comm-overlap)."""
     dp: int | None = Field(default=None, gt=0)
     """Data-parallel degree (default: num_gpus / (tp·pp·cp))."""
     tp: int = Field(default=1, gt=0)
@@ -123,7 +125,8 @@ def _resolve(request: EstimateRequest) -> tuple[ModelSpec, ClusterSpec, TrainWor
     )
     gpu.peak(request.precision)  # a GPU without the dtype is an input error, raised here
     workload = TrainWorkload(global_batch=request.global_batch, seq_len=request.seq_len,
-                             precision=request.precision, flash_attention=request.flash_attention)
+                             precision=request.precision, flash_attention=request.flash_attention,
+                             tp_comm_overlap=request.tp_comm_overlap)
     model_parallel = request.tp * request.pp * request.cp
     dp = request.dp
     if dp is None:

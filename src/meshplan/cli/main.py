@@ -45,14 +45,15 @@ def estimate_cmd(
     num_gpus: Annotated[Optional[int], Opt(help="GPUs in the job.")] = None,
     global_batch: Annotated[Optional[int], Opt(help="Sequences per optimizer step.")] = None,
     seq_len: Annotated[Optional[int], Opt(help="Tokens per sequence.")] = None,
-    gpus_per_node: Annotated[Optional[int], Opt(help="GPUs per NVLink domain [default: the GPU's usual system].")] = None,
+    gpus_per_node: Annotated[Optional[int], Opt(help="GPUs per NVLink domain (default: the GPU's usual system).")] = None,
     intra_node_gbps: Annotated[Optional[float], Opt(help="NVLink bandwidth per GPU per direction, GB/s.")] = None,
     inter_node_gbps: Annotated[Optional[float], Opt(help="Network bandwidth per GPU per direction, GB/s.")] = None,
     precision: Annotated[str, Opt(help="bf16, fp16 or fp8.")] = "bf16",
     flash_attention: Annotated[bool, Opt(help="Fused attention kernels (no stored score matrix).")] = True,
+    tp_comm_overlap: Annotated[bool, Opt(help="TP collectives overlapped with GEMMs (Megatron-Core/TE).")] = False,
     tp: Annotated[int, Opt(help="Tensor-parallel degree.")] = 1,
     pp: Annotated[int, Opt(help="Pipeline-parallel degree.")] = 1,
-    dp: Annotated[Optional[int], Opt(help="Data-parallel degree [default: num_gpus / (tp*pp*cp)].")] = None,
+    dp: Annotated[Optional[int], Opt(help="Data-parallel degree (default: num_gpus / (tp*pp*cp)).")] = None,
     cp: Annotated[int, Opt(help="Context-parallel degree.")] = 1,
     ep: Annotated[int, Opt(help="Expert-parallel degree (divides dp*cp).")] = 1,
     vpp: Annotated[int, Opt(help="Virtual pipeline stages per rank (interleaved 1F1B when > 1).")] = 1,
@@ -60,8 +61,8 @@ def estimate_cmd(
     zero: Annotated[int, Opt(help="ZeRO stage 0-3 (1 = distributed optimizer, 3 = FSDP).")] = 1,
     recompute: Annotated[str, Opt(help="Activation recomputation: none, selective or full.")] = "none",
     sequence_parallel: Annotated[Optional[bool], Opt("--sequence-parallel/--no-sequence-parallel",
-                                                     help="[default: on when tp > 1]")] = None,
-    schedule: Annotated[Optional[str], Opt(help="1f1b, interleaved or gpipe [default: interleaved if vpp > 1].")] = None,
+                                                     help="(default: on when tp > 1)")] = None,
+    schedule: Annotated[Optional[str], Opt(help="1f1b, interleaved or gpipe (default: interleaved if vpp > 1).")] = None,
     batch: Annotated[Optional[Path], Opt(help="JSONL file: one request per line, one JSON result per line.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -81,7 +82,7 @@ def estimate_cmd(
 
     fields = dict(model=model, gpu=gpu, num_gpus=num_gpus, global_batch=global_batch, seq_len=seq_len,
                   gpus_per_node=gpus_per_node, intra_node_gbps=intra_node_gbps, inter_node_gbps=inter_node_gbps,
-                  precision=precision, flash_attention=flash_attention, tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, vpp=vpp,
+                  precision=precision, flash_attention=flash_attention, tp_comm_overlap=tp_comm_overlap, tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, vpp=vpp,
                   micro_batch=micro_batch, zero=zero, recompute=recompute, sequence_parallel=sequence_parallel,
                   schedule=schedule)
     try:

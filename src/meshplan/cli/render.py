@@ -19,7 +19,8 @@ def _seconds(x: float) -> str:
 
 def estimate_tables(e: Estimate) -> list[Table]:
     s = e.strategy
-    head = Table(title=f"{e.model} on {e.num_gpus} x {e.gpu}: {s.label()}", show_header=False, title_justify="left")
+    head = Table(title=f"{e.model} on {e.num_gpus} x {e.gpu}: {s.label()}", show_header=False, title_justify="left",
+                 min_width=72)
     head.add_column(style="bold")
     head.add_column(justify="right")
     rows = [
@@ -30,7 +31,8 @@ def estimate_tables(e: Estimate) -> list[Table]:
         ("model TFLOP/s per GPU", f"{e.tflops_per_gpu:,.1f}"),
         ("MFU / HFU", f"{e.mfu:.1%} / {e.hfu:.1%}"),
         ("peak memory per GPU", f"{e.peak_memory_bytes / GB:,.1f} GB of {e.memory_capacity_bytes / GB:,.0f} GB"),
-        ("fits", "yes" if e.fits else "[red]NO: exceeds GPU memory[/red]"),
+        ("fits", f"yes, {1 - e.peak_memory_bytes / e.memory_capacity_bytes:.0%} headroom" if e.fits
+         else "[red]NO: exceeds GPU memory[/red]"),
     ]
     for k, v in rows:
         head.add_row(k, v)

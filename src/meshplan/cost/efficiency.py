@@ -53,7 +53,9 @@ class Efficiency(Frozen):
     def gemm_for(self, gpu: GpuSpec) -> tuple[float, str]:
         """The GEMM factor for `gpu` and where it comes from."""
         if gpu.architecture in self.gemm:
-            return self.gemm[gpu.architecture], f"fitted ({self.source})"
+            err = self.gemm_uncertainty.get(gpu.architecture)
+            spread = f" ± {err:.3f}" if err is not None else ""
+            return self.gemm[gpu.architecture], f"{spread} for {gpu.architecture}, {self.source}"
         fallback = self.gemm[self.fallback_architecture]
         return fallback, f"assumed: no measured {gpu.architecture} runs, {self.fallback_architecture} factor used"
 

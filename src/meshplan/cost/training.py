@@ -302,8 +302,9 @@ def training_cost(model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkloa
         fits=peak_mem <= gpu.hbm_bytes,
         provenance={
             "peak_flops": f"datasheet: {gpu.name} {workload.precision} {peak_precision / 1e12:,.0f} TFLOP/s (meshplan gpus --json)",
-            "gemm_efficiency": f"{gemm_eff:.3f} {eff_source}",
-            "bandwidth_efficiency": f"intra {eff.intra_node_bandwidth:.2f}, inter {eff.inter_node_bandwidth:.2f} ({eff.source})",
+            "gemm_efficiency": f"{gemm_eff:.3f}{eff_source}",
+            "attention_efficiency": f"{eff.attention_ratio:.2f} x GEMM efficiency ({'fused' if workload.flash_attention else 'unfused'}), {eff.source}",
+            "bandwidth_efficiency": f"NVLink {eff.intra_node_bandwidth:.2f}, network {eff.inter_node_bandwidth:.2f} of link rate (nccl-tests bus bandwidth, not fitted)",
             "links": "cluster spec (datasheet defaults unless overridden)",
             "memory": "Korthikanti et al. 2022 activations; 2+4+12 B/param model states by ZeRO stage",
         },
