@@ -237,43 +237,34 @@ def _moe_layout(cfg: _Config, is_moe: list[bool], experts: int, keys: str) -> di
     }
 
 
-def _gpt2(cfg: _Config) -> dict[str, Any]:
-    hidden = cfg.int("n_embd", "hidden_size")
-    heads = cfg.int("n_head", "num_attention_heads")
+def _layernorm_mha(cfg: _Config, hidden: int, heads: int, layers: int, ffn: int, tied: bool) -> dict[str, Any]:
+    """Fields shared by the GPT-2-era families: multi-head attention, LayerNorm, biases, a plain MLP."""
     return {
-        "num_layers": cfg.int("n_layer", "num_hidden_layers"),
+        "num_layers": layers,
         "hidden": hidden,
-        "ffn_hidden": cfg.int("n_inner", default=4 * hidden),
+        "ffn_hidden": ffn,
         "num_heads": heads,
         "num_kv_heads": heads,
         "head_dim": cfg.head_dim(hidden, heads),
         "vocab": cfg.int("vocab_size"),
         "gated_mlp": False,
-        "tied_embeddings": cfg.bool("tie_word_embeddings", True),
+        "tied_embeddings": cfg.bool("tie_word_embeddings", tied),
         "norm": "layernorm",
         "linear_bias": True,
-        "learned_positions": cfg.int("n_positions", "max_position_embeddings"),
         "dropout": cfg.dropout(),
     }
+
+
+def _gpt2(cfg: _Config) -> dict[str, Any]:
+    hidden = cfg.int("n_embd", "hidden_size")
+    fields = _layernorm_mha(cfg, hidden, cfg.int("n_head", "num_attention_heads"), cfg.int("n_layer", "num_hidden_layers"),
+                            cfg.int("n_inner", default=4 * hidden), tied=True)
+    return {**fields, "learned_positions": cfg.int("n_positions", "max_position_embeddings")}
 
 
 def _gpt_neox(cfg: _Config) -> dict[str, Any]:
-    hidden = cfg.int("hidden_size")
-    heads = cfg.int("num_attention_heads")
-    return {
-        "num_layers": cfg.int("num_hidden_layers"),
-        "hidden": hidden,
-        "ffn_hidden": cfg.int("intermediate_size"),
-        "num_heads": heads,
-        "num_kv_heads": heads,
-        "head_dim": cfg.head_dim(hidden, heads),
-        "vocab": cfg.int("vocab_size"),
-        "gated_mlp": False,
-        "tied_embeddings": cfg.bool("tie_word_embeddings", False),
-        "norm": "layernorm",
-        "linear_bias": True,
-        "dropout": cfg.dropout(),
-    }
+    return _layernorm_mha(cfg, cfg.int("hidden_size"), cfg.int("num_attention_heads"), cfg.int("num_hidden_layers"),
+                          cfg.int("intermediate_size"), tied=False)
 
 
 _OPT_POSITION_OFFSET = 2
@@ -282,48 +273,23 @@ _OPT_POSITION_OFFSET = 2
 
 def _opt(cfg: _Config) -> dict[str, Any]:
     hidden = cfg.int("hidden_size")
-    heads = cfg.int("num_attention_heads")
     proj = cfg.int("word_embed_proj_dim", default=hidden)
     if proj != hidden:
         raise cfg.error(
             f"word_embed_proj_dim={proj} differs from hidden_size={hidden} (OPT-350m style projected embeddings) "
             "and is not supported; use an OPT checkpoint whose word_embed_proj_dim equals hidden_size"
         )
-    return {
-        "num_layers": cfg.int("num_hidden_layers"),
-        "hidden": hidden,
-        "ffn_hidden": cfg.int("ffn_dim"),
-        "num_heads": heads,
-        "num_kv_heads": heads,
-        "head_dim": cfg.head_dim(hidden, heads),
-        "vocab": cfg.int("vocab_size"),
-        "gated_mlp": False,
-        "tied_embeddings": cfg.bool("tie_word_embeddings", True),
-        "norm": "layernorm",
-        "linear_bias": cfg.bool("enable_bias", True),
-        "learned_positions": cfg.int("max_position_embeddings") + _OPT_POSITION_OFFSET,
-        "dropout": cfg.dropout(),
-    }
+    fields = _layernorm_mha(cfg, hidden, cfg.int("num_attention_heads"), cfg.int("num_hidden_layers"),
+                            cfg.int("ffn_dim"), tied=True)
+    return {**fields, "linear_bias": cfg.bool("enable_bias", True),
+            "learned_positions": cfg.int("max_position_embeddings") + _OPT_POSITION_OFFSET}
 
 
 def _bloom(cfg: _Config) -> dict[str, Any]:
     hidden = cfg.int("hidden_size", "n_embed")
-    heads = cfg.int("n_head", "num_attention_heads")
-    return {
-        "num_layers": cfg.int("n_layer", "num_hidden_layers"),
-        "hidden": hidden,
-        "ffn_hidden": 4 * hidden,
-        "num_heads": heads,
-        "num_kv_heads": heads,
-        "head_dim": cfg.head_dim(hidden, heads),
-        "vocab": cfg.int("vocab_size"),
-        "gated_mlp": False,
-        "tied_embeddings": cfg.bool("tie_word_embeddings", True),
-        "norm": "layernorm",
-        "linear_bias": True,
-        "embedding_norm": True,
-        "dropout": cfg.dropout(),
-    }
+    fields = _layernorm_mha(cfg, hidden, cfg.int("n_head", "num_attention_heads"), cfg.int("n_layer", "num_hidden_layers"),
+                            4 * hidden, tied=True)
+    return {**fields, "embedding_norm": True}
 
 
 def _nemotron(cfg: _Config) -> dict[str, Any]:
