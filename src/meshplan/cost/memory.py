@@ -1,8 +1,8 @@
 """Peak memory per GPU: model states by ZeRO stage, activations in flight, logits, buffers, overhead.
 
-Vectorised over a `StrategyTable`; every function returns one value per row. Pipeline stages other than
-the first and last hold neither the embedding nor the LM head and fewer activations than the first, so the
-worst stage is the first or the last: both are computed and the larger is reported.
+Vectorised over a `StrategyTable`; every function returns one value per row. The first stage holds the
+embedding and the most micro-batches in flight, the last the LM head and the logits, and with an uneven
+layer split the second or a middle stage may hold more layers: all four are priced and the largest reported.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from meshplan.cost.stages import stage_layers
 from meshplan.specs.model import ModelSpec
 from meshplan.specs.workload import TrainWorkload
 from meshplan.strategy import RECOMPUTE_CODES, SCHEDULE_CODES, StrategyTable
@@ -55,23 +56,34 @@ def num_microbatches(t: StrategyTable, workload: TrainWorkload) -> np.ndarray:
     return workload.global_batch // np.maximum(t.dp * t.micro_batch, 1)
 
 
-def stage_params(model: ModelSpec, t: StrategyTable) -> dict[str, np.ndarray]:
-    """Parameters held by one GPU: dense (sharded by tp) and routed-expert (by tp·ep), first and last stage.
+STAGES = ("first", "second", "middle", "last")
 
-    Layers are spread evenly over stages (MoE and dense layers pro rata); the first stage adds the embedding,
-    the last the LM head (a tied head is a second copy when pp > 1, as in Megatron).
+
+def stage_params(model: ModelSpec, t: StrategyTable) -> dict[str, np.ndarray]:
+    """Parameters one GPU holds on each stage: dense ones (sharded by tp) and routed experts (by tp·ep).
+
+    Keys: the stages of `StageLayers` (dense parameters) and `<stage>_experts`. MoE and dense layers are
+    spread pro rata; the first stage adds the embedding, the last the LM head (a tied head is a second copy
+    when pp > 1, as in Megatron).
     """
-    pp, tp = t.pp.astype(float), t.tp.astype(float)
+    layers = stage_layers(model.num_layers, t)
+    tp = t.tp.astype(float)
+    moe_frac = model.num_moe_layers / model.num_layers
     moe_nonexpert = model.attention_params() + (model.moe_mlp_params() - model.num_experts * model.expert_params())
-    dense_layers = model.num_mlp_dense_layers * (model.attention_params() + model.dense_mlp_params() if model.ffn_hidden else 0)
-    body = (dense_layers + model.num_moe_layers * moe_nonexpert) / pp / tp
-    experts = model.expert_params_total() / pp / (tp * t.ep)
+    dense_layer = model.attention_params() + model.dense_mlp_params() if model.ffn_hidden else 0
+    per_layer = ((1 - moe_frac) * dense_layer + moe_frac * moe_nonexpert) / tp
+    experts_per_layer = moe_frac * model.num_experts * model.expert_params() / (tp * t.ep)
     head = model.lm_head_params() / tp  # untied head + final norm
-    second_copy = np.where(pp > 1, model.vocab * model.hidden / tp, 0.0) if model.tied_embeddings else 0.0
+    second_copy = np.where(t.pp > 1, model.vocab * model.hidden / tp, 0.0) if model.tied_embeddings else 0.0
     embed = model.embedding_params() / tp
-    first = body + embed + np.where(pp > 1, 0.0, head)
-    last = np.where(pp > 1, body + head + second_copy, first)  # one stage is both first and last
-    return {"first": first, "last": last, "experts": experts}
+    single = t.pp == 1
+    out: dict[str, np.ndarray] = {}
+    for stage in STAGES:
+        n = getattr(layers, stage)
+        extra = {"first": embed + np.where(single, head, 0.0), "last": np.where(single, embed + head, head + second_copy)}
+        out[stage] = n * per_layer + extra.get(stage, 0.0)
+        out[f"{stage}_experts"] = n * experts_per_layer
+    return out
 
 
 def activation_bytes_per_layer(model: ModelSpec, workload: TrainWorkload, t: StrategyTable, moe: bool) -> np.ndarray:
@@ -128,22 +140,13 @@ def microbatches_in_flight(t: StrategyTable, workload: TrainWorkload) -> tuple[n
 
 
 def memory_breakdown(model: ModelSpec, workload: TrainWorkload, t: StrategyTable) -> MemoryBreakdown:
-    """Peak memory per GPU on the worse of the first and last pipeline stage."""
+    """Peak memory per GPU on the worst pipeline stage (first, second, heaviest middle or last)."""
     params = stage_params(model, t)
+    layers = stage_layers(model.num_layers, t)
     shard = (t.dp * t.cp).astype(float)  # ZeRO shards over every replica of the weights
     expert_shard = np.maximum(shard / t.ep, 1.0)
     z = t.zero
-    states: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    for stage in ("first", "last"):
-        dense, experts = params[stage], params["experts"]
 
-        def sharded(bytes_per_param: int, from_stage: int) -> np.ndarray:
-            split = z >= from_stage
-            return bytes_per_param * (np.where(split, dense / shard, dense) + np.where(split, experts / expert_shard, experts))
-
-        states[stage] = (sharded(WEIGHT_BYTES, 3), sharded(GRAD_BYTES, 2), sharded(OPTIMIZER_BYTES, 1))
-
-    per_stage_layers = model.num_layers / t.pp
     dense_frac = model.num_mlp_dense_layers / model.num_layers
     act_layer = dense_frac * activation_bytes_per_layer(model, workload, t, moe=False)
     if model.is_moe:
@@ -151,26 +154,39 @@ def memory_breakdown(model: ModelSpec, workload: TrainWorkload, t: StrategyTable
     # Full recomputation re-materialises one layer at a time during backward.
     working = np.where(t.recompute == FULL, _uncheckpointed_layer(model, workload, t), 0.0)
     in_first, in_last = microbatches_in_flight(t, workload)
-    act_first = per_stage_layers * act_layer * in_first + working
-    act_last = per_stage_layers * act_layer * in_last + working
+    # Under 1F1B stage i holds pp - i micro-batches; the second stage one fewer than the first, a middle one
+    # at most as many as the second.
+    in_second = np.where(t.pp > 2, np.maximum(in_first - 1.0, in_last), in_last)
+    in_flight = {"first": in_first, "second": in_second, "middle": in_second, "last": in_last}
     logits = LOGIT_BYTES * workload.seq_len / t.cp * t.micro_batch * model.vocab / t.tp * in_last
+
+    best: MemoryBreakdown | None = None
+    for stage in STAGES:
+        dense, experts = params[stage], params[f"{stage}_experts"]
+
+        def sharded(bytes_per_param: int, from_stage: int) -> np.ndarray:
+            split = z >= from_stage
+            return bytes_per_param * (np.where(split, dense / shard, dense) + np.where(split, experts / expert_shard, experts))
+
+        candidate = MemoryBreakdown(
+            weights=sharded(WEIGHT_BYTES, 3),
+            gradients=sharded(GRAD_BYTES, 2),
+            optimizer=sharded(OPTIMIZER_BYTES, 1),
+            activations=getattr(layers, stage) * act_layer * in_flight[stage] + working,
+            logits=logits if stage == "last" else np.zeros(len(t)),
+            buffers=np.zeros(len(t)),
+            overhead=np.full(len(t), FRAMEWORK_OVERHEAD_BYTES),
+        )
+        if best is None:
+            best = candidate
+        else:
+            worse = candidate.total > best.total
+            best = MemoryBreakdown(**{k: np.where(worse, getattr(candidate, k), getattr(best, k))
+                                      for k in MemoryBreakdown.__dataclass_fields__})
+    assert best is not None
     layer_params = (model.attention_params() + max(model.dense_mlp_params(), model.moe_mlp_params() if model.is_moe else 0)) / t.tp
     zero3_buffers = np.where(z == 3, 2 * WEIGHT_BYTES * layer_params, 0.0)  # current + prefetched layer, unsharded
-
-    total_first = sum(states["first"]) + act_first
-    total_last = sum(states["last"]) + act_last + logits
-    use_last = total_last >= total_first
-    pick = lambda a, b: np.where(use_last, b, a)  # noqa: E731
-    n = len(t)
-    return MemoryBreakdown(
-        weights=pick(states["first"][0], states["last"][0]),
-        gradients=pick(states["first"][1], states["last"][1]),
-        optimizer=pick(states["first"][2], states["last"][2]),
-        activations=pick(act_first, act_last),
-        logits=np.where(use_last, logits, 0.0),
-        buffers=zero3_buffers * np.ones(n),
-        overhead=np.full(n, FRAMEWORK_OVERHEAD_BYTES),
-    )
+    return MemoryBreakdown(**{**{k: getattr(best, k) for k in MemoryBreakdown.__dataclass_fields__}, "buffers": zero3_buffers})
 
 
 def _uncheckpointed_layer(model: ModelSpec, workload: TrainWorkload, t: StrategyTable) -> np.ndarray:

@@ -29,7 +29,9 @@ from meshplan.cost.memory import (
     memory_breakdown,
     num_microbatches,
     stage_params,
+    STAGES,
 )
+from meshplan.cost.stages import stage_layers
 from meshplan.specs.cluster import ClusterSpec
 from meshplan.specs.model import ModelSpec
 from meshplan.specs.workload import TrainWorkload
@@ -205,20 +207,27 @@ def training_cost(model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkloa
         moe_t = _layer_times(ctx, t, moe=True)
         per_layer = moe_t if per_layer is None else {k: per_layer[k] + (1 - dense_frac) * moe_t[k] for k in moe_t}
     assert per_layer is not None
-    layers = model.num_layers / t.pp
-    body = {k: layers * v for k, v in per_layer.items()}
     # Backward costs twice the forward (Narayanan et al. 2021 eq. 3).
-    body_compute = 3.0 * body["fwd"]
-    head_fwd = _gemm_time(ctx, [F.lm_head_gemm(model)], tokens, t, False)
-    head_compute = 3.0 * head_fwd
+    layer_compute = 3.0 * per_layer["fwd"]
+    layer_time = layer_compute + per_layer["recompute"] + per_layer["tp_comm"] + per_layer["cp_comm"] + per_layer["ep_comm"]
+    head_compute = 3.0 * _gemm_time(ctx, [F.lm_head_gemm(model)], tokens, t, False)
     act_bytes = tokens * model.hidden * ACT_BYTES
     edge_comm = all_reduce_time(act_bytes, t.tp, ones, ctx.links)  # vocab-parallel embedding / LM-head gather
-    body_time = body_compute + body["recompute"] + body["tp_comm"] + body["cp_comm"] + body["ep_comm"]
-    first = body_time + edge_comm
-    last = body_time + head_compute + edge_comm
+    sl = stage_layers(model.num_layers, t)
     single = t.pp == 1
-    slowest = np.where(single, body_time + head_compute + 2 * edge_comm, np.maximum(first, last))
-    mean = np.where(single, slowest, body_time + (head_compute + 2 * edge_comm) / t.pp)
+    stage_time = np.stack([
+        sl.first * layer_time + edge_comm + np.where(single, head_compute + edge_comm, 0.0),
+        sl.middle * layer_time,
+        np.where(single, 0.0, sl.last * layer_time + head_compute + edge_comm),
+    ])
+    crit = np.argmax(stage_time, axis=0)  # 0 first, 1 middle, 2 last: the stage that sets the pace
+    slowest = stage_time.max(axis=0)
+    mean = (model.num_layers * layer_time + head_compute + 2.0 * edge_comm) / t.pp
+    crit_layers = np.choose(crit, [sl.first, sl.middle, sl.last])
+    crit_head = single | (crit == 2)
+    crit_edges = np.where(single, 2.0, np.where(crit == 1, 0.0, 1.0))
+    crit_compute = crit_layers * layer_compute + np.where(crit_head, head_compute, 0.0)
+    crit_recompute = crit_layers * per_layer["recompute"]
 
     # --- pipeline ----------------------------------------------------------------------------------------
     bubble = (t.pp - 1) / t.vpp * mean
@@ -228,33 +237,33 @@ def training_cost(model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkloa
 
     # --- data-parallel synchronisation (group dp·cp, stride tp; experts over dp·cp/ep, stride tp·ep) -----
     params = stage_params(model, t)
-    dense_p = np.maximum(params["first"], params["last"])
-    expert_p = params["experts"]
+    dense_p = np.max([params[k] for k in STAGES], axis=0)
+    expert_p = np.max([params[f"{k}_experts"] for k in STAGES], axis=0)
     dp_n, dp_stride = (t.dp * t.cp).astype(float), t.tp.astype(float)
     ex_n, ex_stride = np.maximum(dp_n / t.ep, 1.0), (t.tp * t.ep).astype(float)
 
     def sync(op, bytes_per_param: float) -> np.ndarray:  # type: ignore[no-untyped-def]
         return op(bytes_per_param * dense_p, dp_n, dp_stride, ctx.links) + op(bytes_per_param * expert_p, ex_n, ex_stride, ctx.links)
 
-    compute_mb = body_compute + body["recompute"] + np.where(single, head_compute, 0.0)
-    bwd_window = (2.0 / 3.0) * body_compute  # the last micro-batch's backward hides the gradient sync
-    fwd_window = body_compute / 3.0  # the first micro-batch's forward hides the parameter gather
+    compute_mb = crit_compute + crit_recompute
+    bwd_window = (2.0 / 3.0) * crit_compute  # the last micro-batch's backward hides the gradient sync
+    fwd_window = crit_compute / 3.0  # the first micro-batch's forward hides the parameter gather
     grad_ar = sync(all_reduce_time, GRAD_BYTES)
     grad_rs = sync(reduce_scatter_time, GRAD_BYTES)
     param_ag = sync(all_gather_time, WEIGHT_BYTES)
     # ZeRO-3 / FSDP gathers and reduce-scatters one layer at a time: `layers` collectives of 1/layers the size
     # each, so the ring latency is paid per layer (forward gather, backward gather, gradient reduce-scatter).
-    per_layer = np.maximum(layers, 1.0)
-    layer_ag = per_layer * (all_gather_time(WEIGHT_BYTES * dense_p / per_layer, dp_n, dp_stride, ctx.links)
-                            + all_gather_time(WEIGHT_BYTES * expert_p / per_layer, ex_n, ex_stride, ctx.links))
-    layer_rs = per_layer * (reduce_scatter_time(GRAD_BYTES * dense_p / per_layer, dp_n, dp_stride, ctx.links)
-                            + reduce_scatter_time(GRAD_BYTES * expert_p / per_layer, ex_n, ex_stride, ctx.links))
+    units = np.maximum(np.max([sl.first, sl.middle, sl.last], axis=0), 1.0)  # layers on the largest stage
+    layer_ag = units * (all_gather_time(WEIGHT_BYTES * dense_p / units, dp_n, dp_stride, ctx.links)
+                        + all_gather_time(WEIGHT_BYTES * expert_p / units, ex_n, ex_stride, ctx.links))
+    layer_rs = units * (reduce_scatter_time(GRAD_BYTES * dense_p / units, dp_n, dp_stride, ctx.links)
+                        + reduce_scatter_time(GRAD_BYTES * expert_p / units, ex_n, ex_stride, ctx.links))
     zero3_mb = 2.0 * layer_ag + layer_rs
     dp_comm = np.select(
         [t.zero == 0, t.zero <= 2],
         [np.maximum(grad_ar - bwd_window, 0.0),
          np.maximum(grad_rs - bwd_window, 0.0) + np.maximum(param_ag - fwd_window, 0.0)],
-        m * (np.maximum(zero3_mb - compute_mb, 0.0) + zero3_mb / per_layer),
+        m * (np.maximum(zero3_mb - compute_mb, 0.0) + zero3_mb / units),
     )
     dp_comm = np.where(dp_n > 1, dp_comm, 0.0)
 
@@ -264,15 +273,12 @@ def training_cost(model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkloa
     optimizer = opt_params * ADAM_BYTES_PER_PARAM / (gpu.hbm_bytes_per_s * HBM_EFFICIENCY)
 
     # --- assemble: the slowest stage's terms x m, the rest as they are -------------------------------------
-    last_is_slowest = single | (last >= first)
-    crit_compute = body_compute + np.where(last_is_slowest, head_compute, 0.0)
-    crit_tp = body["tp_comm"] + edge_comm * np.where(single, 2.0, 1.0)
     breakdown = {
         "compute": m * crit_compute,
-        "recompute": m * body["recompute"],
-        "tp_comm": m * crit_tp,
-        "cp_comm": m * body["cp_comm"],
-        "ep_comm": m * body["ep_comm"],
+        "recompute": m * crit_recompute,
+        "tp_comm": m * (crit_layers * per_layer["tp_comm"] + crit_edges * edge_comm),
+        "cp_comm": m * crit_layers * per_layer["cp_comm"],
+        "ep_comm": m * crit_layers * per_layer["ep_comm"],
         "pp_bubble": bubble,
         "pp_p2p": p2p,
         "dp_comm": dp_comm,

@@ -1,0 +1,50 @@
+"""How many layers each pipeline stage holds.
+
+Layers are split as evenly as they go. When `pp` does not divide them, stages hold ⌈L/pp⌉ or ⌊L/pp⌋ layers
+and the lighter stages are the first and the last, which also carry the embedding and the LM head — the
+split Meta used for Llama 3 405B (126 layers on 16 stages: one layer fewer on the first and the last;
+Llama 3 paper, §3.3.2) and BigScience for BLOOM. The interleaved schedule needs an even split (Megatron-LM
+requires layers divisible by pp·vpp), which the strategy rules enforce.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from meshplan.strategy import StrategyTable
+
+
+@dataclass(frozen=True)
+class StageLayers:
+    """Layers per stage, one value per strategy: the first, the second, the heaviest middle and the last stage."""
+
+    first: np.ndarray
+    second: np.ndarray
+    """The stage after the first (it holds one micro-batch fewer under 1F1B, but may hold more layers)."""
+    middle: np.ndarray
+    """The heaviest stage that is neither first nor last (equal to `first` when pp <= 2)."""
+    last: np.ndarray
+
+
+def stage_layers(num_layers: int, t: StrategyTable) -> StageLayers:
+    pp = t.pp.astype(np.int64)
+    base, extra = np.divmod(num_layers, np.maximum(pp, 1))  # `extra` stages hold base + 1 layers
+    light = pp - extra  # stages with `base` layers
+    heavy = (base + 1).astype(float)
+    base_f = base.astype(float)
+    # Light stages go first to the last stage, then to the first, then fill the remaining middle stages.
+    last = np.where(light >= 1, base_f, heavy)
+    first = np.where(light >= 2, base_f, heavy)
+    middle = np.where(extra > 0, heavy, base_f)
+    middle = np.where(pp <= 2, first, middle)
+    second = np.where(pp <= 2, last, np.where(light >= 3, base_f, heavy))
+    single = pp == 1
+    total = float(num_layers)
+    return StageLayers(
+        first=np.where(single, total, first),
+        second=np.where(single, total, second),
+        middle=np.where(single, total, middle),
+        last=np.where(single, total, last),
+    )
