@@ -19,7 +19,8 @@ W = TrainWorkload(global_batch=512, seq_len=8192)
     [
         (Strategy(dp=4, tp=8, pp=4), "gpu_count"),
         (Strategy(dp=1, tp=2, pp=32), None),  # 80 layers on 32 stages: an uneven split is allowed
-        (Strategy(dp=2, tp=2, pp=16, vpp=3, schedule="interleaved"), "layers_vpp"),  # 80 % 48 != 0
+        (Strategy(dp=2, tp=2, pp=16, vpp=3, schedule="interleaved"), None),  # uneven chunks are allowed
+        (Strategy(dp=2, tp=2, pp=16, vpp=6, schedule="interleaved"), "layers_vpp"),  # 96 chunks > 80 layers
         (Strategy(dp=64, tp=1, pp=1, micro_batch=3), "batch_dp"),
         (Strategy(dp=1, tp=16, pp=4), "tp_node"),
         (Strategy(dp=8, tp=8, pp=1, ep=2), "ep_dense"),
@@ -80,9 +81,9 @@ def test_every_rule_has_reason_and_fix() -> None:
 
 def test_check_strategy_message_is_one_line_with_fix() -> None:
     with pytest.raises(PlanError) as err:
-        check_strategy(Strategy(dp=2, tp=2, pp=16, vpp=3, schedule="interleaved"), LLAMA70, H100x64, W)
+        check_strategy(Strategy(dp=2, tp=2, pp=16, vpp=6, schedule="interleaved"), LLAMA70, H100x64, W)
     msg = str(err.value)
-    assert "\n" not in msg and "layers=80, pp*vpp=48" in msg and "vpp 1" in msg
+    assert "\n" not in msg and "layers=80, pp*vpp=96" in msg and "pp*vpp <=" in msg
 
 
 def test_valid_mask_is_vectorised() -> None:

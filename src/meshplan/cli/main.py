@@ -64,9 +64,20 @@ def estimate_cmd(
                                                      help="(default: on when tp > 1)")] = None,
     schedule: Annotated[Optional[str], Opt(help="1f1b, interleaved or gpipe (default: interleaved if vpp > 1).")] = None,
     batch: Annotated[Optional[Path], Opt(help="JSONL file: one request per line, one JSON result per line.")] = None,
+    plan: Annotated[Optional[Path], Opt(help="A plan.json written by `meshplan plan --out`: price it again.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Predict step time, throughput, MFU and peak memory of one training strategy."""
+    if plan is not None:
+        from meshplan.plan import read_plan, reprice
+
+        try:
+            result = reprice(read_plan(plan))
+        except PlanError as exc:
+            _fail(str(exc))
+            return
+        _print_estimate(result, as_json)
+        return
     if batch is not None:
         if not batch.is_file():
             _fail(f"--batch {str(batch)!r} is not a file; pass a JSONL file with one request per line")
@@ -90,12 +101,175 @@ def estimate_cmd(
     except PlanError as exc:
         _fail(str(exc))
         return
+    _print_estimate(result, as_json)
+
+
+def _print_estimate(result: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result.model_dump(mode="json"), indent=2))
         return
     from meshplan.cli.render import estimate_tables, print_tables
 
     print_tables(estimate_tables(result))
+
+
+@app.command("plan")
+def plan_cmd(
+    model: Annotated[Optional[str], Opt(help="Preset name or path to a Hugging Face config.json.")] = None,
+    gpu: Annotated[Optional[str], Opt(help="GPU name, e.g. H100, A100-80GB (see `meshplan gpus`).")] = None,
+    num_gpus: Annotated[Optional[str], Opt(help="GPUs in the job; several sizes as 64,128,256.")] = None,
+    global_batch: Annotated[Optional[int], Opt(help="Sequences per optimizer step.")] = None,
+    seq_len: Annotated[Optional[int], Opt(help="Tokens per sequence.")] = None,
+    gpus_per_node: Annotated[Optional[int], Opt(help="GPUs per NVLink domain (default: the GPU's usual system).")] = None,
+    intra_node_gbps: Annotated[Optional[float], Opt(help="NVLink bandwidth per GPU per direction, GB/s.")] = None,
+    inter_node_gbps: Annotated[Optional[float], Opt(help="Network bandwidth per GPU per direction, GB/s.")] = None,
+    precision: Annotated[str, Opt(help="bf16, fp16 or fp8.")] = "bf16",
+    flash_attention: Annotated[bool, Opt(help="Fused attention kernels (no stored score matrix).")] = True,
+    tp_comm_overlap: Annotated[bool, Opt(help="TP collectives overlapped with GEMMs (Megatron-Core/TE).")] = False,
+    objective: Annotated[str, Opt(help="throughput, memory, or min-gpus (with --target-tokens-per-s).")] = "throughput",
+    target_tokens_per_s: Annotated[Optional[float], Opt(help="Job throughput the min-gpus objective must reach.")] = None,
+    memory_headroom: Annotated[float, Opt(help="Fraction of GPU memory to keep free, e.g. 0.1.")] = 0.0,
+    tp: Annotated[Optional[int], Opt(help="Pin tensor parallelism.")] = None,
+    pp: Annotated[Optional[int], Opt(help="Pin pipeline parallelism.")] = None,
+    dp: Annotated[Optional[int], Opt(help="Pin data parallelism.")] = None,
+    cp: Annotated[Optional[int], Opt(help="Pin context parallelism.")] = None,
+    ep: Annotated[Optional[int], Opt(help="Pin expert parallelism.")] = None,
+    vpp: Annotated[Optional[int], Opt(help="Pin virtual pipeline stages.")] = None,
+    micro_batch: Annotated[Optional[int], Opt(help="Pin the micro-batch size.")] = None,
+    zero: Annotated[Optional[int], Opt(help="Pin the ZeRO stage (0-3).")] = None,
+    recompute: Annotated[Optional[str], Opt(help="Pin recomputation: none, selective or full.")] = None,
+    schedule: Annotated[Optional[str], Opt(help="Pin the schedule: 1f1b, interleaved or gpipe.")] = None,
+    sequence_parallel: Annotated[Optional[bool], Opt("--sequence-parallel/--no-sequence-parallel",
+                                                     help="Pin sequence parallelism on or off.")] = None,
+    max_tp: Annotated[Optional[int], Opt(help="Largest tp to consider.")] = None,
+    max_pp: Annotated[Optional[int], Opt(help="Largest pp to consider.")] = None,
+    max_cp: Annotated[Optional[int], Opt(help="Largest cp to consider.")] = None,
+    max_ep: Annotated[Optional[int], Opt(help="Largest ep to consider.")] = None,
+    no_cp: Annotated[bool, Opt("--no-cp", help="No context parallelism (same as --cp 1).")] = False,
+    top_k: Annotated[int, Opt(help="Plans to show (and to write with --json).")] = 10,
+    train_tokens: Annotated[Optional[str], Opt(help="Tokens to train on, e.g. 15T: adds the time to train.")] = None,
+    gpu_hour_price: Annotated[Optional[float], Opt(help="Price per GPU-hour: adds the cost (needs --train-tokens).")] = None,
+    explain: Annotated[bool, Opt("--explain", help="Why the winner beats the runners-up, term by term.")] = False,
+    out: Annotated[Optional[Path], Opt(help="Write the winning plan to this JSON file.")] = None,
+    as_json: Annotated[bool, Opt("--json", help="Print the ranked plans as JSON.")] = False,
+) -> None:
+    """Search every parallel strategy and rank those that fit."""
+    missing = [flag for flag, v in [("--model", model), ("--gpu", gpu), ("--num-gpus", num_gpus),
+                                    ("--global-batch", global_batch), ("--seq-len", seq_len)] if v is None]
+    if missing:
+        _fail(f"missing {', '.join(missing)}; `meshplan plan --help` shows every option")
+    from meshplan.planning import choose, parse_count, parse_plan_request, parse_sizes, run_plan, to_plan
+
+    try:
+        if no_cp and cp not in (None, 1):
+            raise PlanError(f"--no-cp contradicts --cp {cp}; drop one of them")
+        constraints = dict(tp=tp, pp=pp, dp=dp, cp=1 if no_cp else cp, ep=ep, vpp=vpp, micro_batch=micro_batch,
+                           zero=zero, recompute=recompute, schedule=schedule, sequence_parallel=sequence_parallel,
+                           max_tp=max_tp, max_pp=max_pp, max_cp=max_cp, max_ep=max_ep)
+        for name in ("tp", "pp", "cp", "ep"):
+            pin, cap = constraints[name], constraints[f"max_{name}"]
+            if pin is not None and cap is not None and pin > cap:
+                raise PlanError(f"--{name} {pin} contradicts --max-{name} {cap}; drop one of them")
+        request = parse_plan_request(dict(
+            model=model, gpu=gpu, num_gpus=parse_sizes(str(num_gpus)), global_batch=global_batch, seq_len=seq_len,
+            gpus_per_node=gpus_per_node, intra_node_gbps=intra_node_gbps, inter_node_gbps=inter_node_gbps,
+            precision=precision, flash_attention=flash_attention, tp_comm_overlap=tp_comm_overlap,
+            constraints={k: v for k, v in constraints.items() if v is not None}, objective=objective,
+            target_tokens_per_s=target_tokens_per_s, memory_headroom=memory_headroom, top_k=top_k,
+            train_tokens=parse_count(train_tokens, "--train-tokens") if train_tokens else None,
+            gpu_hour_price=gpu_hour_price))
+        results = _run_with_progress(run_plan, request)
+        chosen = choose(request, results)
+    except PlanError as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        _print_plan_json(request, results, chosen)
+    else:
+        _print_plan_tables(request, results, chosen, explain)
+    if out is not None and chosen is not None:
+        from meshplan.plan import write_plan
+
+        write_plan(to_plan(chosen), out)
+        Console(stderr=True).print(f"wrote {out}", highlight=False)
+    if chosen is None:
+        raise typer.Exit(1)
+
+
+def _run_with_progress(run: Any, request: Any) -> Any:
+    """Run the search with a progress bar on stderr when the space is large."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        return run(request)
+    with Progress(TextColumn("searching"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("search", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return run(request, progress=progress)
+
+
+def _print_plan_json(request: Any, results: list[Any], chosen: Any) -> None:
+    from meshplan.estimator import estimate_from_cost
+    from meshplan.planning import what_would_fit
+
+    out: dict[str, Any] = {"objective": request.objective, "results": []}
+    for res in results:
+        req = res.request
+        ranked = [estimate_from_cost(res.ranked.cost, i, req.model, req.cluster, req.workload, res.ranked.table)
+                  .model_dump(mode="json") for i in range(len(res.ranked))]
+        out["results"].append({
+            "num_gpus": req.cluster.num_gpus, "strategies_enumerated": res.space_size,
+            "strategies_valid": res.num_valid, "strategies_fitting": res.num_fit, "pruned": res.pruned,
+            "seconds": res.seconds, "ranked": ranked,
+            **({} if ranked else {"what_would_fit": what_would_fit(res)}),
+        })
+    out["chosen_num_gpus"] = chosen.request.cluster.num_gpus if chosen is not None else None
+    print(json.dumps(out, indent=2))
+
+
+def _print_plan_tables(request: Any, results: list[Any], chosen: Any, explain: bool) -> None:
+    from meshplan.cli.render import print_tables, pruning_lines, ranked_table, sizes_table
+    from meshplan.explain import compare_runners_up, explain_neighbours
+    from meshplan.planning import what_would_fit
+
+    console = Console() if sys.stdout.isatty() else Console(width=120)
+    if len(results) > 1:
+        print_tables([sizes_table(results, request.train_tokens, request.gpu_hour_price)], console)
+    shown = chosen or results[-1]
+    req = shown.request
+    title = (f"{req.model.name} on {req.cluster.num_gpus} x {req.cluster.gpu.name}, global batch "
+             f"{req.workload.global_batch} x {req.workload.seq_len} tokens, {req.workload.precision}: "
+             f"top {len(shown.ranked)} by {request.objective}")
+    if len(shown.ranked):
+        print_tables([ranked_table(shown, title)], console)
+    for line in pruning_lines(shown):
+        console.print(line, highlight=False)
+    if chosen is None:
+        if request.objective == "min-gpus" and any(len(r.ranked) for r in results):
+            best = max((r for r in results if len(r.ranked)), key=lambda r: float(r.ranked.cost.tokens_per_s[0]))
+            console.print(f"[red]no size reaches {request.target_tokens_per_s:,.0f} tokens/s[/red]; the best is "
+                          f"{float(best.ranked.cost.tokens_per_s[0]):,.0f} tokens/s on {best.request.cluster.num_gpus} "
+                          f"GPUs: try larger sizes", highlight=False)
+        else:
+            console.print("[red]nothing fits.[/red] What would:", highlight=False)
+            for hint in what_would_fit(shown):
+                console.print(f"  - {hint}", highlight=False)
+        return
+    if request.train_tokens and len(results) == 1:
+        tps = float(chosen.ranked.cost.tokens_per_s[0])
+        days = request.train_tokens / tps / 86400
+        cost = (f", ${request.train_tokens / tps / 3600 * req.cluster.num_gpus * request.gpu_hour_price:,.0f}"
+                if request.gpu_hour_price else "")
+        console.print(f"time to train {request.train_tokens:,.0f} tokens: {days:,.1f} days{cost}", highlight=False)
+    if explain:
+        console.print("\n[bold]why the winner wins[/bold]")
+        for line in compare_runners_up(chosen) + explain_neighbours(chosen):
+            console.print(f"  {line}", highlight=False)
 
 
 @app.command("models")

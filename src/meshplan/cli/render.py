@@ -96,3 +96,64 @@ def print_tables(tables: list[Table], console: Console | None = None) -> None:
     console = console or (Console() if sys.stdout.isatty() else Console(width=PIPE_WIDTH))
     for t in tables:
         console.print(t)
+
+
+def _short(s: float) -> str:
+    return f"{s:,.2f}"
+
+
+SCHEDULE_SHORT = {"1f1b": "1F1B", "interleaved": "I1F1B", "gpipe": "GPipe"}
+
+
+def ranked_table(result, title: str) -> Table:  # type: ignore[no-untyped-def]
+    """Top-k plans of one search result (the ep column only for MoE models)."""
+    r = result.ranked
+    usable = result.request.cluster.gpu.hbm_bytes
+    moe = result.request.model.is_moe
+    t = Table(title=title, title_justify="left")
+    cols = ["#", "dp", "tp", "pp", "cp"] + (["ep"] if moe else []) + ["vpp", "mb", "zero", "recomp", "sched", "sp",
+                                                                        "step s", "tok/s/GPU", "MFU", "mem GB", "free"]
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("recomp", "sched", "sp") else "right", no_wrap=True)
+    for i in range(len(r)):
+        s = r.table.row(i)
+        mem = float(r.cost.peak_memory_bytes[i])
+        t.add_row(str(i + 1), str(s.dp), str(s.tp), str(s.pp), str(s.cp), *([str(s.ep)] if moe else []), str(s.vpp),
+                  str(s.micro_batch), str(s.zero), s.recompute, SCHEDULE_SHORT[s.schedule],
+                  "on" if s.sequence_parallel else "off", _short(float(r.cost.step_time_s[i])),
+                  f"{float(r.cost.tokens_per_s_per_gpu[i]):,.1f}", f"{float(r.cost.mfu[i]):.1%}", f"{mem / GB:.1f}",
+                  f"{1 - mem / usable:.0%}")
+    return t
+
+
+def pruning_lines(result) -> list[str]:  # type: ignore[no-untyped-def]
+    pruned = sum(result.pruned.values())
+    parts = "; ".join(f"{v:,} {k}" for k, v in sorted(result.pruned.items(), key=lambda kv: -kv[1]))
+    return [f"{result.space_size:,} strategies enumerated in {result.seconds:.2f} s: {result.num_valid:,} valid, "
+            f"{result.num_fit:,} fit in memory.", f"{pruned:,} pruned: {parts}."]
+
+
+def sizes_table(results, train_tokens: float | None, price: float | None) -> Table:  # type: ignore[no-untyped-def]
+    t = Table(title="best plan per cluster size", title_justify="left")
+    cols = ["GPUs", "plan", "tokens/s", "tok/s/GPU", "MFU", "mem GB"]
+    if train_tokens:
+        cols.append("days to train")
+    if train_tokens and price:
+        cols.append("cost")
+    for c in cols:
+        t.add_column(c, justify="left" if c == "plan" else "right", no_wrap=c != "plan")
+    for res in results:
+        n = res.request.cluster.num_gpus
+        if not len(res.ranked):
+            t.add_row(str(n), "[red]nothing fits[/red]", *["-"] * (len(cols) - 2))
+            continue
+        tps = float(res.ranked.cost.tokens_per_s[0])
+        row = [str(n), res.ranked.table.row(0).label(), f"{tps:,.0f}", f"{tps / n:,.1f}",
+               f"{float(res.ranked.cost.mfu[0]):.1%}", f"{float(res.ranked.cost.peak_memory_bytes[0]) / GB:.1f}"]
+        if train_tokens:
+            seconds = train_tokens / tps
+            row.append(f"{seconds / 86400:,.1f}")
+            if price:
+                row.append(f"${seconds / 3600 * n * price:,.0f}")
+        t.add_row(*row)
+    return t

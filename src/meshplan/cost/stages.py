@@ -3,8 +3,8 @@
 Layers are split as evenly as they go. When `pp` does not divide them, stages hold ⌈L/pp⌉ or ⌊L/pp⌋ layers
 and the lighter stages are the first and the last, which also carry the embedding and the LM head — the
 split Meta used for Llama 3 405B (126 layers on 16 stages: one layer fewer on the first and the last;
-Llama 3 paper, §3.3.2) and BigScience for BLOOM. The interleaved schedule needs an even split (Megatron-LM
-requires layers divisible by pp·vpp), which the strategy rules enforce.
+Llama 3 paper, §3.3.2) and BigScience for BLOOM. With interleaving a stage's layers are cut into vpp chunks; the stage totals
+stay as above (Meta's interleaved schedule for Llama 3 ran with such a split).
 """
 
 from __future__ import annotations

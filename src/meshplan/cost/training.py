@@ -259,10 +259,14 @@ def training_cost(model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkloa
     layer_rs = units * (reduce_scatter_time(GRAD_BYTES * dense_p / units, dp_n, dp_stride, ctx.links)
                         + reduce_scatter_time(GRAD_BYTES * expert_p / units, ex_n, ex_stride, ctx.links))
     zero3_mb = 2.0 * layer_ag + layer_rs
+    # ZeRO-0/1 keep full gradients and reduce once per step; ZeRO-2 keeps only its shard, so it must
+    # reduce-scatter after every micro-batch's backward (DeepSpeed stage 2 with gradient accumulation).
+    exposed_rs = np.maximum(grad_rs - bwd_window, 0.0)
     dp_comm = np.select(
-        [t.zero == 0, t.zero <= 2],
+        [t.zero == 0, t.zero == 1, t.zero == 2],
         [np.maximum(grad_ar - bwd_window, 0.0),
-         np.maximum(grad_rs - bwd_window, 0.0) + np.maximum(param_ag - fwd_window, 0.0)],
+         exposed_rs + np.maximum(param_ag - fwd_window, 0.0),
+         m * exposed_rs + np.maximum(param_ag - fwd_window, 0.0)],
         m * (np.maximum(zero3_mb - compute_mb, 0.0) + zero3_mb / units),
     )
     dp_comm = np.where(dp_n > 1, dp_comm, 0.0)

@@ -1,0 +1,80 @@
+"""`Plan`: a versioned, self-contained JSON record of one training strategy and its estimate.
+
+A plan carries the full specs (so a model loaded from a config.json travels with it), the strategy, the
+efficiency factors it was priced with, the estimate, and how it was found. `meshplan estimate --plan`
+re-prices it from those inputs alone and gets the same figures.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from meshplan.cost.efficiency import Efficiency
+from meshplan.errors import PlanError
+from meshplan.estimator import Estimate
+from meshplan.specs import ClusterSpec, ModelSpec, TrainWorkload
+from meshplan.specs.base import Frozen
+from meshplan.strategy import Strategy
+
+PLAN_SCHEMA_VERSION = 1
+
+
+class Plan(Frozen):
+    """One training plan: what is trained where, how it is parallelised, and what that is predicted to cost."""
+
+    schema_version: int = PLAN_SCHEMA_VERSION
+    """Format version of this record; readers refuse versions they do not know."""
+    kind: Literal["training"] = "training"
+    meshplan_version: str
+    """The meshplan release that wrote the plan."""
+    model: ModelSpec
+    cluster: ClusterSpec
+    workload: TrainWorkload
+    strategy: Strategy
+    efficiency: Efficiency
+    """The efficiency factors the estimate used (layer 2 of hardware knowledge)."""
+    estimate: Estimate
+    search: dict[str, Any] = {}
+    """How the plan was found: algorithm, objective, strategies enumerated / valid / fitting, rank."""
+
+
+def write_plan(plan: Plan, path: Path) -> None:
+    path.write_text(json.dumps(plan.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+
+
+def read_plan(path: Path) -> Plan:
+    """A plan from a JSON file; a clear `PlanError` for a missing, foreign or newer file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PlanError(f"plan file {str(path)!r} does not exist; write one with `meshplan plan --out`") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PlanError(f"plan file {str(path)!r} is not valid JSON ({exc}); pass a file written by `meshplan plan --out`") from None
+    if not isinstance(data, dict) or "schema_version" not in data or "strategy" not in data:
+        raise PlanError(f"{str(path)!r} is not a meshplan plan (no schema_version/strategy); pass a file written by `meshplan plan --out`")
+    version = data["schema_version"]
+    if version != PLAN_SCHEMA_VERSION:
+        raise PlanError(f"plan file {str(path)!r} has schema_version={version!r}; this meshplan reads version "
+                        f"{PLAN_SCHEMA_VERSION}: upgrade meshplan or re-create the plan")
+    try:
+        return Plan.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise PlanError(f"plan file {str(path)!r}: {where}: {err['msg']}; re-create the plan with `meshplan plan --out`") from None
+
+
+def reprice(plan: Plan) -> Estimate:
+    """Price a plan again from its own specs, strategy and efficiency factors."""
+    from meshplan.cost.training import training_cost
+    from meshplan.estimator import estimate_from_cost
+    from meshplan.strategy import StrategyTable, check_strategy
+
+    check_strategy(plan.strategy, plan.model, plan.cluster, plan.workload)
+    table = StrategyTable.from_strategies([plan.strategy])
+    cost = training_cost(plan.model, plan.cluster, plan.workload, table, plan.efficiency)
+    return estimate_from_cost(cost, 0, plan.model, plan.cluster, plan.workload, table)
