@@ -14,8 +14,8 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/meshplan estimate --model Llama-3.1-70B --gpu H100 --num-gpus 64 --global-batch 512 --seq-len 8192 \
-		--tp 8 --pp 2 --recompute selective
+	$(BIN)/meshplan plan --model Llama-3.1-70B --gpu H100 --num-gpus 64 --global-batch 512 --seq-len 8192 \
+		--memory-headroom 0.1 --top-k 8
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest

@@ -154,7 +154,7 @@ def what_would_fit(result: SearchResult) -> list[str]:
     peak = float(least.cost.peak_memory_bytes[0]) / 1e9
     hints = [f"the smallest footprint is {peak:.1f} GB per GPU ({s.label()}), over the {usable:.1f} GB usable"]
     n = req.cluster.num_gpus
-    for factor in (2, 4, 8):
+    for factor in (2, 4, 8, 16, 32, 64):
         bigger = req.model_copy(update={"cluster": req.cluster.model_copy(update={"num_gpus": n * factor}),
                                         "objective": "memory", "top_k": 1})
         found = search_exhaustive(bigger)
