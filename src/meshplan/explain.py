@@ -16,18 +16,25 @@ def _terms(delta: dict[str, float], step: float, top: int = 3) -> str:
 
 
 def compare_runners_up(result: SearchResult, count: int = 3) -> list[str]:
-    """One line per runner-up: how much slower (or bigger) it is and which terms make the difference."""
+    """One line per distinct runner-up: how much slower (or bigger) it is and which terms make the difference.
+    Runners-up with exactly the winner's figures are listed together as equivalent."""
     r = result.ranked
-    if len(r) < 2:
-        return []
-    lines = []
+    lines: list[str] = []
     step0 = float(r.cost.step_time_s[0])
-    for j in range(1, min(count + 1, len(r))):
+    mem0 = float(r.cost.peak_memory_bytes[0])
+    same: list[str] = []
+    for j in range(1, len(r)):
+        if len(lines) >= count:
+            break
+        step, mem = float(r.cost.step_time_s[j]), float(r.cost.peak_memory_bytes[j])
+        if abs(step / step0 - 1) < 1e-9 and abs(mem / mem0 - 1) < 1e-9:
+            same.append(f"#{j + 1} {r.table.row(j).label()}")
+            continue
         delta = {k: float(v[j] - v[0]) for k, v in r.cost.breakdown.items()}
-        slower = float(r.cost.step_time_s[j]) / step0 - 1
-        mem = (float(r.cost.peak_memory_bytes[j]) - float(r.cost.peak_memory_bytes[0])) / GB
-        lines.append(f"#{j + 1} {r.table.row(j).label()}: step time {slower:+.1%} ({_terms(delta, step0)}); "
-                     f"memory {mem:+.1f} GB")
+        lines.append(f"#{j + 1} {r.table.row(j).label()}: step time {step / step0 - 1:+.1%} ({_terms(delta, step0)}); "
+                     f"memory {(mem - mem0) / GB:+.1f} GB")
+    if same:
+        lines.insert(0, "same figures as the winner: " + "; ".join(same))
     return lines
 
 
@@ -53,6 +60,8 @@ def _neighbours(s: Strategy, num_gpus: int) -> list[tuple[str, Strategy]]:
         if rc != s.recompute:
             add(f"recompute {rc}", recompute=rc)
     for name in ("micro_batch", "tp", "pp", "cp", "vpp"):
+        if name == "vpp" and s.pp == 1:
+            continue  # interleaving needs stages
         value = getattr(s, name)
         add(f"{name} {value * 2}", **{name: value * 2})
         if value > 1:

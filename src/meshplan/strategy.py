@@ -61,10 +61,15 @@ class Strategy(Frozen):
         return self.dp * self.tp * self.pp * self.cp
 
     def label(self) -> str:
-        """A compact one-line description, e.g. `dp8 tp8 pp4 vpp2 mb1 zero1 rc=none 1f1b sp`."""
+        """A compact one-line description, e.g. `dp8 tp8 pp4 vpp2 mb1 z1 sp`; defaults (recompute none, the
+        1F1B or interleaved schedule that vpp implies) are left out."""
         parts = [f"dp{self.dp}", f"tp{self.tp}", f"pp{self.pp}"]
         parts += [f"{k}{getattr(self, k)}" for k in ("cp", "ep", "vpp") if getattr(self, k) > 1]
-        parts += [f"mb{self.micro_batch}", f"zero{self.zero}", f"rc={self.recompute}", self.schedule]
+        parts += [f"mb{self.micro_batch}", f"z{self.zero}"]
+        if self.recompute != "none":
+            parts.append(f"rc={self.recompute}")
+        if self.schedule == "gpipe":
+            parts.append("gpipe")
         return " ".join(parts + (["sp"] if self.sequence_parallel else []))
 
 

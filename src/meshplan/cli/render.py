@@ -106,23 +106,34 @@ SCHEDULE_SHORT = {"1f1b": "1F1B", "interleaved": "I1F1B", "gpipe": "GPipe"}
 
 
 def ranked_table(result, title: str) -> Table:  # type: ignore[no-untyped-def]
-    """Top-k plans of one search result (the ep column only for MoE models)."""
+    """Top-k plans of one search result (the ep column only for MoE models). Plans whose figures equal the
+    row above (e.g. trading cp for micro-batch at the same tokens per GPU) are folded into its caption."""
     r = result.ranked
     usable = result.request.cluster.gpu.hbm_bytes
     moe = result.request.model.is_moe
-    t = Table(title=title, title_justify="left")
+    t = Table(title=title, title_justify="left", caption_justify="left")
     cols = ["#", "dp", "tp", "pp", "cp"] + (["ep"] if moe else []) + ["vpp", "mb", "zero", "recomp", "sched", "sp",
                                                                         "step s", "tok/s/GPU", "MFU", "mem GB", "free"]
     for col in cols:
         t.add_column(col, justify="left" if col in ("recomp", "sched", "sp") else "right", no_wrap=True)
+    folded: dict[int, list[str]] = {}
+    shown = -1
     for i in range(len(r)):
         s = r.table.row(i)
         mem = float(r.cost.peak_memory_bytes[i])
+        step = float(r.cost.step_time_s[i])
+        if shown >= 0 and abs(step / float(r.cost.step_time_s[shown]) - 1) < 1e-9 and \
+                abs(mem / float(r.cost.peak_memory_bytes[shown]) - 1) < 1e-9:
+            folded.setdefault(shown + 1, []).append(f"#{i + 1} {s.label()}")
+            continue
+        shown = i
         t.add_row(str(i + 1), str(s.dp), str(s.tp), str(s.pp), str(s.cp), *([str(s.ep)] if moe else []), str(s.vpp),
                   str(s.micro_batch), str(s.zero), s.recompute, SCHEDULE_SHORT[s.schedule],
-                  "on" if s.sequence_parallel else "off", _short(float(r.cost.step_time_s[i])),
+                  "on" if s.sequence_parallel else "off", _short(step),
                   f"{float(r.cost.tokens_per_s_per_gpu[i]):,.1f}", f"{float(r.cost.mfu[i]):.1%}", f"{mem / GB:.1f}",
                   f"{1 - mem / usable:.0%}")
+    if folded:
+        t.caption = "\n".join(f"same figures as #{k}: " + "; ".join(v) for k, v in folded.items())
     return t
 
 
@@ -141,7 +152,7 @@ def sizes_table(results, train_tokens: float | None, price: float | None) -> Tab
     if train_tokens and price:
         cols.append("cost")
     for c in cols:
-        t.add_column(c, justify="left" if c == "plan" else "right", no_wrap=c != "plan")
+        t.add_column(c, justify="left" if c == "plan" else "right", no_wrap=True)
     for res in results:
         n = res.request.cluster.num_gpus
         if not len(res.ranked):
