@@ -25,8 +25,8 @@ def request(model: str, gpu: str, n: int, batch: int, seq: int, **kw) -> SearchR
 @pytest.mark.parametrize(
     "req",
     [
-        request("Llama-3.1-8B", "H100", 16, 64, 4096, top_k=25),
-        request("Mixtral-8x7B", "H100", 16, 32, 4096, top_k=25, constraints={"max_pp": 4}),
+        request("Llama-3.1-8B", "H100", 16, 64, 4096, top_k=25, constraints={"max_cp": 2}),
+        request("Mixtral-8x7B", "H100", 16, 32, 4096, top_k=25, constraints={"max_pp": 2, "max_cp": 2, "zero": 1}),
         request("GPT-3-13B", "A100-40GB", 8, 32, 2048, top_k=40, objective="memory", memory_headroom=0.1),
     ],
     ids=["llama8b", "mixtral", "gpt13b-memory"],
