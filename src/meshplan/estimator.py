@@ -19,15 +19,13 @@ from meshplan.strategy import Recompute, Schedule, Strategy, StrategyTable, chec
 SCHEMA_VERSION = 1
 
 
-class EstimateRequest(Frozen):
-    """Everything `meshplan estimate` needs; the JSON keys of `--batch` lines are these field names."""
+class JobRequest(Frozen):
+    """What is trained, on which GPUs and links, with which workload: the part every command shares."""
 
     model: str
     """Preset name or path to a Hugging Face config.json."""
     gpu: str
     """GPU catalog name or alias."""
-    num_gpus: int = Field(gt=0)
-    """GPUs in the job."""
     global_batch: int = Field(gt=0)
     """Sequences per optimizer step."""
     seq_len: int = Field(gt=0)
@@ -44,6 +42,31 @@ class EstimateRequest(Frozen):
     """Fused attention kernels (no stored score matrix)."""
     tp_comm_overlap: bool = False
     """Tensor-parallel collectives overlapped with GEMMs (Megatron-Core --tp-comm-overlap)."""
+
+    def specs(self, num_gpus: int) -> tuple[ModelSpec, ClusterSpec, TrainWorkload]:
+        """The model, a cluster of `num_gpus` and the workload; bad combinations raise `PlanError`."""
+        try:
+            model = load_model(self.model)
+            gpu = load_gpu(self.gpu)
+            cluster = make_cluster(
+                gpu, num_gpus, gpus_per_node=self.gpus_per_node,
+                intra_node_bytes_per_s=self.intra_node_gbps * 1e9 if self.intra_node_gbps else None,
+                inter_node_bytes_per_s=self.inter_node_gbps * 1e9 if self.inter_node_gbps else None,
+            )
+        except ValidationError as exc:  # a spec's own validator refused a combination of values
+            cause = exc.errors()[0].get("ctx", {}).get("error")
+            raise PlanError(str(cause) if isinstance(cause, PlanError) else _one_line(exc)) from None
+        gpu.peak(self.precision)  # a GPU without the dtype is an input error, raised here
+        workload = TrainWorkload(global_batch=self.global_batch, seq_len=self.seq_len, precision=self.precision,
+                                 flash_attention=self.flash_attention, tp_comm_overlap=self.tp_comm_overlap)
+        return model, cluster, workload
+
+
+class EstimateRequest(JobRequest):
+    """Everything `meshplan estimate` needs; the JSON keys of `--batch` lines are these field names."""
+
+    num_gpus: int = Field(gt=0)
+    """GPUs in the job."""
     dp: int | None = Field(default=None, gt=0)
     """Data-parallel degree (default: num_gpus / (tp·pp·cp))."""
     tp: int = Field(default=1, gt=0)
@@ -107,26 +130,7 @@ def parse_request(fields: dict[str, Any]) -> EstimateRequest:
 
 def resolve(request: EstimateRequest) -> tuple[ModelSpec, ClusterSpec, TrainWorkload, Strategy]:
     """Specs and strategy from a request, with defaults filled in and every rule checked."""
-    try:
-        return _resolve(request)
-    except ValidationError as exc:  # a spec's own validator refused a combination of values
-        err = exc.errors()[0]
-        cause = err.get("ctx", {}).get("error")
-        raise PlanError(str(cause) if isinstance(cause, PlanError) else _one_line(exc)) from None
-
-
-def _resolve(request: EstimateRequest) -> tuple[ModelSpec, ClusterSpec, TrainWorkload, Strategy]:
-    model = load_model(request.model)
-    gpu = load_gpu(request.gpu)
-    cluster = make_cluster(
-        gpu, request.num_gpus, gpus_per_node=request.gpus_per_node,
-        intra_node_bytes_per_s=request.intra_node_gbps * 1e9 if request.intra_node_gbps else None,
-        inter_node_bytes_per_s=request.inter_node_gbps * 1e9 if request.inter_node_gbps else None,
-    )
-    gpu.peak(request.precision)  # a GPU without the dtype is an input error, raised here
-    workload = TrainWorkload(global_batch=request.global_batch, seq_len=request.seq_len,
-                             precision=request.precision, flash_attention=request.flash_attention,
-                             tp_comm_overlap=request.tp_comm_overlap)
+    model, cluster, workload = request.specs(request.num_gpus)
     model_parallel = request.tp * request.pp * request.cp
     dp = request.dp
     if dp is None:

@@ -11,14 +11,11 @@ from pydantic import Field, ValidationError
 from meshplan import __version__
 from meshplan.cost.efficiency import default_efficiency
 from meshplan.errors import PlanError
-from meshplan.estimator import estimate_from_cost
+from meshplan.estimator import JobRequest, estimate_from_cost
 from meshplan.plan import Plan
 from meshplan.search.base import SearchRequest, SearchResult
 from meshplan.search.exhaustive import search_exhaustive
 from meshplan.space import SpaceConstraints
-from meshplan.specs import TrainWorkload, load_gpu, load_model, make_cluster
-from meshplan.specs.base import Frozen
-from meshplan.specs.workload import Precision
 
 PlanObjective = Literal["throughput", "memory", "min-gpus"]
 _SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
@@ -46,21 +43,11 @@ def parse_sizes(text: str) -> list[int]:
     return sorted(set(sizes))
 
 
-class PlanRequest(Frozen):
+class PlanRequest(JobRequest):
     """Everything `meshplan plan` needs."""
 
-    model: str
-    gpu: str
     num_gpus: list[int] = Field(min_length=1)
     """One or several cluster sizes; each is searched."""
-    global_batch: int = Field(gt=0)
-    seq_len: int = Field(gt=0)
-    gpus_per_node: int | None = Field(default=None, gt=0)
-    intra_node_gbps: float | None = Field(default=None, gt=0)
-    inter_node_gbps: float | None = Field(default=None, gt=0)
-    precision: Precision = "bf16"
-    flash_attention: bool = True
-    tp_comm_overlap: bool = False
     constraints: SpaceConstraints = SpaceConstraints()
     objective: PlanObjective = "throughput"
     target_tokens_per_s: float | None = Field(default=None, gt=0)
@@ -90,21 +77,10 @@ def parse_plan_request(fields: dict[str, Any]) -> PlanRequest:
 
 
 def search_requests(req: PlanRequest) -> list[SearchRequest]:
-    model = load_model(req.model)
-    gpu = load_gpu(req.gpu)
-    gpu.peak(req.precision)
-    workload = TrainWorkload(global_batch=req.global_batch, seq_len=req.seq_len, precision=req.precision,
-                             flash_attention=req.flash_attention, tp_comm_overlap=req.tp_comm_overlap)
     objective = "memory" if req.objective == "memory" else "throughput"
     out = []
     for n in req.num_gpus:
-        try:
-            cluster = make_cluster(gpu, n, gpus_per_node=req.gpus_per_node,
-                                   intra_node_bytes_per_s=req.intra_node_gbps * 1e9 if req.intra_node_gbps else None,
-                                   inter_node_bytes_per_s=req.inter_node_gbps * 1e9 if req.inter_node_gbps else None)
-        except ValidationError as exc:
-            cause = exc.errors()[0].get("ctx", {}).get("error")
-            raise PlanError(str(cause) if cause else str(exc)) from None
+        model, cluster, workload = req.specs(n)
         out.append(SearchRequest(model=model, cluster=cluster, workload=workload, constraints=req.constraints,
                                  objective=objective, memory_headroom=req.memory_headroom, top_k=req.top_k,
                                  efficiency=default_efficiency()))

@@ -17,6 +17,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 Opt = typer.Option
 
+# Options shared by `estimate` and `plan`.
+ModelOpt = Annotated[Optional[str], Opt(help="Preset name or path to a Hugging Face config.json.")]
+GpuOpt = Annotated[Optional[str], Opt(help="GPU name, e.g. H100, A100-80GB (see `meshplan gpus`).")]
+GlobalBatchOpt = Annotated[Optional[int], Opt(help="Sequences per optimizer step.")]
+SeqLenOpt = Annotated[Optional[int], Opt(help="Tokens per sequence.")]
+GpusPerNodeOpt = Annotated[Optional[int], Opt(help="GPUs per NVLink domain (default: the GPU's usual system).")]
+IntraOpt = Annotated[Optional[float], Opt(help="NVLink bandwidth per GPU per direction, GB/s.")]
+InterOpt = Annotated[Optional[float], Opt(help="Network bandwidth per GPU per direction, GB/s.")]
+PrecisionOpt = Annotated[str, Opt(help="bf16, fp16 or fp8.")]
+FlashOpt = Annotated[bool, Opt(help="Fused attention kernels (no stored score matrix).")]
+OverlapOpt = Annotated[bool, Opt(help="TP collectives overlapped with GEMMs (Megatron-Core/TE).")]
+
 
 def _fail(message: str) -> None:
     Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
@@ -40,17 +52,17 @@ def _estimate_line(line: str) -> dict[str, Any]:
 
 @app.command("estimate")
 def estimate_cmd(
-    model: Annotated[Optional[str], Opt(help="Preset name or path to a Hugging Face config.json.")] = None,
-    gpu: Annotated[Optional[str], Opt(help="GPU name, e.g. H100, A100-80GB (see `meshplan gpus`).")] = None,
+    model: ModelOpt = None,
+    gpu: GpuOpt = None,
     num_gpus: Annotated[Optional[int], Opt(help="GPUs in the job.")] = None,
-    global_batch: Annotated[Optional[int], Opt(help="Sequences per optimizer step.")] = None,
-    seq_len: Annotated[Optional[int], Opt(help="Tokens per sequence.")] = None,
-    gpus_per_node: Annotated[Optional[int], Opt(help="GPUs per NVLink domain (default: the GPU's usual system).")] = None,
-    intra_node_gbps: Annotated[Optional[float], Opt(help="NVLink bandwidth per GPU per direction, GB/s.")] = None,
-    inter_node_gbps: Annotated[Optional[float], Opt(help="Network bandwidth per GPU per direction, GB/s.")] = None,
-    precision: Annotated[str, Opt(help="bf16, fp16 or fp8.")] = "bf16",
-    flash_attention: Annotated[bool, Opt(help="Fused attention kernels (no stored score matrix).")] = True,
-    tp_comm_overlap: Annotated[bool, Opt(help="TP collectives overlapped with GEMMs (Megatron-Core/TE).")] = False,
+    global_batch: GlobalBatchOpt = None,
+    seq_len: SeqLenOpt = None,
+    gpus_per_node: GpusPerNodeOpt = None,
+    intra_node_gbps: IntraOpt = None,
+    inter_node_gbps: InterOpt = None,
+    precision: PrecisionOpt = "bf16",
+    flash_attention: FlashOpt = True,
+    tp_comm_overlap: OverlapOpt = False,
     tp: Annotated[int, Opt(help="Tensor-parallel degree.")] = 1,
     pp: Annotated[int, Opt(help="Pipeline-parallel degree.")] = 1,
     dp: Annotated[Optional[int], Opt(help="Data-parallel degree (default: num_gpus / (tp*pp*cp)).")] = None,
@@ -115,17 +127,17 @@ def _print_estimate(result: Any, as_json: bool) -> None:
 
 @app.command("plan")
 def plan_cmd(
-    model: Annotated[Optional[str], Opt(help="Preset name or path to a Hugging Face config.json.")] = None,
-    gpu: Annotated[Optional[str], Opt(help="GPU name, e.g. H100, A100-80GB (see `meshplan gpus`).")] = None,
+    model: ModelOpt = None,
+    gpu: GpuOpt = None,
     num_gpus: Annotated[Optional[str], Opt(help="GPUs in the job; several sizes as 64,128,256.")] = None,
-    global_batch: Annotated[Optional[int], Opt(help="Sequences per optimizer step.")] = None,
-    seq_len: Annotated[Optional[int], Opt(help="Tokens per sequence.")] = None,
-    gpus_per_node: Annotated[Optional[int], Opt(help="GPUs per NVLink domain (default: the GPU's usual system).")] = None,
-    intra_node_gbps: Annotated[Optional[float], Opt(help="NVLink bandwidth per GPU per direction, GB/s.")] = None,
-    inter_node_gbps: Annotated[Optional[float], Opt(help="Network bandwidth per GPU per direction, GB/s.")] = None,
-    precision: Annotated[str, Opt(help="bf16, fp16 or fp8.")] = "bf16",
-    flash_attention: Annotated[bool, Opt(help="Fused attention kernels (no stored score matrix).")] = True,
-    tp_comm_overlap: Annotated[bool, Opt(help="TP collectives overlapped with GEMMs (Megatron-Core/TE).")] = False,
+    global_batch: GlobalBatchOpt = None,
+    seq_len: SeqLenOpt = None,
+    gpus_per_node: GpusPerNodeOpt = None,
+    intra_node_gbps: IntraOpt = None,
+    inter_node_gbps: InterOpt = None,
+    precision: PrecisionOpt = "bf16",
+    flash_attention: FlashOpt = True,
+    tp_comm_overlap: OverlapOpt = False,
     objective: Annotated[str, Opt(help="throughput, memory, or min-gpus (with --target-tokens-per-s).")] = "throughput",
     target_tokens_per_s: Annotated[Optional[float], Opt(help="Job throughput the min-gpus objective must reach.")] = None,
     memory_headroom: Annotated[float, Opt(help="Fraction of GPU memory to keep free, e.g. 0.1.")] = 0.0,
