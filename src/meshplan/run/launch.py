@@ -1,0 +1,182 @@
+"""Start a run: under an existing `torchrun` join it; otherwise start `torchrun` with one process per rank.
+
+Every failure ends with one message naming the rank and the cause (a rank that raised, a rank that hung past
+the timeout, a plan the executor cannot take, too many processes), all processes of the launch killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from meshplan.errors import PlanError
+from meshplan.run.config import RunConfig
+from meshplan.specs.base import Frozen
+
+MAX_LOCAL_PROCESSES = 64  # a single machine launch beyond this is almost surely a mistake
+GRACE_S = 20.0  # seconds beyond the collective timeout before the launcher kills the whole launch
+
+
+class RunFailed(RuntimeError):
+    """A launch that did not complete; the message names the rank and the cause."""
+
+
+class RankResult(Frozen):
+    rank: int
+    coords: dict[str, int]
+    step_times_s: list[float]
+    median_step_time_s: float
+    losses: list[float]
+    grad_norms: list[float]
+    memory: dict[str, Any] = {}
+
+
+class RunResult(Frozen):
+    """What a run measured, and how it compares with a single process."""
+
+    config: RunConfig
+    backend: str
+    world_size: int
+    torch: str
+    ranks: list[RankResult]
+    step_time_s: float = Field(description="median step time after warm-up, slowest rank")
+    tokens_per_s: float
+    losses: list[float]
+    grad_norms: list[float]
+    reference_losses: list[float] | None = None
+    reference_grad_norms: list[float] | None = None
+    max_loss_rel_diff: float | None = None
+    """Largest |loss - reference| / |reference| over the steps."""
+    max_grad_norm_rel_diff: float | None = None
+
+    @property
+    def peak_memory_bytes(self) -> int:
+        return max(int(r.memory.get("peak_bytes", 0)) for r in self.ranks)
+
+
+def _rel(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b))
+
+
+def _summarise(cfg: RunConfig, payload: dict[str, Any], reference: tuple[list[float], list[float]] | None) -> RunResult:
+    ranks = [RankResult(**r) for r in sorted(payload["ranks"], key=lambda r: r["rank"])]
+    step = max(r.median_step_time_s for r in ranks)
+    losses, norms = ranks[0].losses, ranks[0].grad_norms
+    ref_losses, ref_norms = reference if reference is not None else (None, None)
+    return RunResult(config=cfg, backend=payload["backend"], world_size=payload["world_size"], torch=payload["torch"],
+                     ranks=ranks, step_time_s=step, tokens_per_s=cfg.global_batch * cfg.seq_len / step, losses=losses,
+                     grad_norms=norms, reference_losses=ref_losses, reference_grad_norms=ref_norms,
+                     max_loss_rel_diff=_rel(losses, ref_losses) if ref_losses else None,
+                     max_grad_norm_rel_diff=_rel(norms, ref_norms) if ref_norms else None)
+
+
+def _failure(out: Path, world: int, returncode: int | None, stderr: str) -> str:
+    errors = sorted(out.glob("rank*.error"), key=lambda p: int(p.stem[4:]))
+    if errors:
+        first = errors[0]
+        cause = first.read_text().splitlines()[0]
+        others = f" (also ranks {', '.join(p.stem[4:] for p in errors[1:])})" if len(errors) > 1 else ""
+        return f"rank {first.stem[4:]} failed: {cause}{others}"
+    tail = " | ".join(stderr.strip().splitlines()[-3:]) if stderr.strip() else "no output"
+    return f"the launch exited with status {returncode} before any rank reported an error: {tail}"
+
+
+def _stuck_ranks(out: Path, world: int) -> str:
+    states = {}
+    for r in range(world):
+        p = out / f"rank{r}.progress"
+        states[r] = p.read_text() if p.exists() else "not started"
+    behind = [r for r, s in states.items() if s != "done"]
+    return ", ".join(f"rank {r} at {states[r]}" for r in behind) or "none"
+
+
+def launch(cfg: RunConfig, nproc: int, *, reference: bool = True, timeout_s: float | None = None) -> RunResult:
+    """Run `cfg` on `nproc` processes and collect the result (rank 0's view of all ranks)."""
+    from meshplan.run import require_torch
+
+    require_torch()
+    s = cfg.strategy
+    if s.num_gpus != nproc:
+        raise PlanError(f"the strategy needs dp*tp*pp*cp={s.num_gpus} processes, --nproc is {nproc}; "
+                        "make them equal (or let meshplan run rescale dp)")
+    if nproc > MAX_LOCAL_PROCESSES and "RANK" not in os.environ:
+        raise PlanError(f"--nproc {nproc} exceeds {MAX_LOCAL_PROCESSES} processes on one machine; "
+                        "launch it across nodes with torchrun, or use fewer ranks")
+    from meshplan.run.parallel import check_runnable
+
+    check_runnable(cfg.model, s, cfg.global_batch, cfg.seq_len)
+    ref = None
+    if reference:
+        from meshplan.run.worker import reference_run
+
+        ref = reference_run(cfg)
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # joined: an outer torchrun started us
+        return _joined(cfg, ref)
+    with tempfile.TemporaryDirectory(prefix="meshplan-run-") as tmp:
+        out = Path(tmp)
+        config_path = out / "config.json"
+        config_path.write_text(cfg.model_dump_json())
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+               f"--nproc-per-node={nproc}", "-m", "meshplan.run.worker", str(config_path), str(out)]
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True, env=env)
+        limit = timeout_s if timeout_s is not None else cfg.timeout_s + GRACE_S + 30.0 * cfg.steps
+        try:
+            _, stderr = proc.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            raise RunFailed(f"the run did not finish within {limit:.0f} s and was killed; stuck: "
+                            f"{_stuck_ranks(out, nproc)}") from None
+        finally:
+            _kill(proc)
+        result_file = out / "result.json"
+        if proc.returncode != 0 or not result_file.exists():
+            raise RunFailed(_failure(out, nproc, proc.returncode, stderr))
+        return _summarise(cfg, json.loads(result_file.read_text()), ref)
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    """Terminate the launch's whole process group (torchrun and every rank), then make sure."""
+    if proc.poll() is not None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # stragglers of a finished group
+        except (ProcessLookupError, PermissionError):
+            pass
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, PermissionError):
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _joined(cfg: RunConfig, ref: tuple[list[float], list[float]] | None) -> RunResult:
+    """Inside an existing torchrun job (multi-node): every rank runs; rank 0 returns the result."""
+    from meshplan.run.worker import main
+
+    out = Path(os.environ.get("MESHPLAN_RUN_DIR", tempfile.mkdtemp(prefix="meshplan-run-")))
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "config.json"
+    if int(os.environ["RANK"]) == 0:
+        config_path.write_text(cfg.model_dump_json())
+    else:
+        config_path = out / f"config-{os.environ['RANK']}.json"
+        config_path.write_text(cfg.model_dump_json())
+    if main([str(config_path), str(out)]) != 0:
+        raise RunFailed(_failure(out, int(os.environ["WORLD_SIZE"]), 1, ""))
+    result_file = out / "result.json"
+    if not result_file.exists():  # ranks other than 0 hold no result
+        raise RunFailed("this rank holds no result: rank 0 reports the run")
+    return _summarise(cfg, json.loads(result_file.read_text()), ref)

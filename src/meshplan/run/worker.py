@@ -1,0 +1,209 @@
+"""One rank of a distributed run: `python -m meshplan.run.worker CONFIG.json OUT_DIR` under torchrun.
+
+Builds the decoder with the run's seed, applies the strategy, trains `steps` optimizer steps on seeded
+synthetic data, and writes per-rank step times, peak memory and losses; rank 0 gathers them into
+OUT_DIR/result.json. A failing rank writes OUT_DIR/rank<r>.error before it exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from meshplan.run.config import RunConfig
+from meshplan.run.memory import cpu_step_peak_bytes, resident_bytes
+from meshplan.run.model import build_model
+from meshplan.run.parallel import (
+    allreduce_gradients,
+    apply_checkpointing,
+    apply_data_parallel,
+    apply_tensor_parallel,
+    build_mesh,
+    check_runnable,
+    stage_modules,
+)
+
+
+def batch(cfg: RunConfig, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole global batch of `step`: seeded random tokens, inputs and next-token targets."""
+    g = torch.Generator().manual_seed(cfg.seed * 100003 + step)
+    tokens = torch.randint(cfg.model.vocab, (cfg.global_batch, cfg.seq_len + 1), generator=g)
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float().flatten(0, 1), target.flatten())
+
+
+def reference_run(cfg: RunConfig) -> tuple[list[float], list[float]]:
+    """The same model, seed and data on one process, no parallelism: (losses, gradient norms) per step.
+
+    Gradient norms make the parity check sensitive to gradient scale, which AdamW's update hides."""
+    model = build_model(cfg.model, cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, foreach=False)
+    losses, norms = [], []
+    for step in range(cfg.steps):
+        x, y = batch(cfg, step)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        norms.append(float(torch.sqrt(sum(p.grad.double().pow(2).sum() for p in model.parameters()))))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+    return losses, norms
+
+
+def _grad_norm(params: list[torch.nn.Parameter], pp_group: Any) -> float:
+    """Global gradient norm: full gradients (DTensor shards gathered) of this rank's stage, summed over stages."""
+    sq = torch.zeros((), dtype=torch.float64)
+    for p in params:
+        if p.grad is None:
+            continue
+        g = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+        sq += g.detach().double().pow(2).sum().cpu()
+    dist.all_reduce(sq, group=pp_group)
+    return float(sq.sqrt())
+
+
+def _progress(out: Path, rank: int, what: str) -> None:
+    (out / f"rank{rank}.progress").write_text(what)
+
+
+def run_rank(cfg: RunConfig, out: Path) -> dict[str, Any]:
+    s = cfg.strategy
+    rank = dist.get_rank()
+    use_cuda = torch.cuda.is_available()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    check_runnable(cfg.model, s, cfg.global_batch, cfg.seq_len)
+    mesh = build_mesh(s, device.type)
+    pp_rank, dp_rank = mesh["pp"].get_local_rank(), mesh["dp"].get_local_rank()
+    model = build_model(cfg.model, cfg.seed).to(device)
+    stages = stage_modules(model, s, pp_rank) if s.pp > 1 else [(0, model)]
+    del model
+    modules = []
+    for _, module in stages:
+        if s.tp > 1:
+            apply_tensor_parallel(module, mesh["tp"], s.sequence_parallel)
+        apply_checkpointing(module, s.recompute)
+        modules.append(apply_data_parallel(module, s, mesh))
+    params = [p for dp in modules for p in dp.module.parameters()]
+    has_dtensor = any(hasattr(p, "to_local") for p in params)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, foreach=False if has_dtensor else None)
+    local_batch = cfg.global_batch // s.dp
+    microbatches = local_batch // s.micro_batch
+
+    schedule = None
+    if s.pp > 1:
+        from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
+
+        num_stages = s.pp * s.vpp
+        pipe = [PipelineStage(dp.module, index, num_stages, device, group=mesh["pp"].get_group())
+                for (index, _), dp in zip(stages, modules)]
+        if s.schedule == "interleaved":
+            schedule = ScheduleInterleaved1F1B(pipe, n_microbatches=microbatches, loss_fn=loss_fn)
+        else:
+            cls = Schedule1F1B if s.schedule == "1f1b" else ScheduleGPipe
+            schedule = cls(pipe[0], n_microbatches=microbatches, loss_fn=loss_fn)
+    first = any(index == 0 for index, _ in stages)
+    last = any(index == s.pp * s.vpp - 1 for index, _ in stages)
+
+    def train_step(step: int) -> float:
+        if cfg.fault is not None and cfg.fault.rank == rank and cfg.fault.step == step:
+            if cfg.fault.kind == "raise":
+                raise RuntimeError(f"injected fault on rank {rank} at step {step}")
+            time.sleep(10 * cfg.timeout_s)  # hang: the others time out in their next collective
+        x, y = batch(cfg, step)
+        x = x[dp_rank * local_batch:(dp_rank + 1) * local_batch].to(device)
+        y = y[dp_rank * local_batch:(dp_rank + 1) * local_batch].to(device)
+        total = torch.zeros((), device=device)
+        if schedule is None:
+            module = modules[0].module
+            for i in range(microbatches):
+                sl = slice(i * s.micro_batch, (i + 1) * s.micro_batch)
+                loss = loss_fn(module(x[sl]), y[sl]) / microbatches
+                loss.backward()
+                total += loss.detach()
+        else:
+            losses: list[torch.Tensor] = []
+            if first and last:
+                schedule.step(x, target=y, losses=losses)
+            elif first:
+                schedule.step(x)
+            elif last:
+                schedule.step(target=y, losses=losses)
+            else:
+                schedule.step()
+            if last:
+                total = torch.stack([l.detach() for l in losses]).mean()
+            dist.all_reduce(total, group=mesh["pp"].get_group())  # only the last stage contributes
+        if modules[0].kind == "allreduce":
+            allreduce_gradients(params, mesh)
+        if step < cfg.steps:  # not the extra, memory-profiled step
+            grad_norms.append(_grad_norm(params, mesh["pp"].get_group()))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        dist.all_reduce(total, group=mesh["dp"].get_group())
+        return float(total) / s.dp
+
+    step_times, step_losses, grad_norms = [], [], []
+    for step in range(cfg.steps):
+        _progress(out, rank, f"step {step}")
+        dist.barrier()
+        started = time.perf_counter()
+        step_losses.append(train_step(step))
+        if use_cuda:
+            torch.cuda.synchronize()
+        step_times.append(time.perf_counter() - started)
+    memory: dict[str, Any] = {}
+    if cfg.measure_memory:
+        if use_cuda:
+            memory = {"peak_bytes": int(torch.cuda.max_memory_allocated(device)), "method": "torch.cuda.max_memory_allocated"}
+        else:
+            resident = resident_bytes(params, optimizer)
+            dist.barrier()
+            live = cpu_step_peak_bytes(lambda: train_step(cfg.steps))
+            memory = {"peak_bytes": resident + live, "resident_bytes": resident, "step_live_peak_bytes": live,
+                      "method": "torch.profiler live-allocation peak of one step + parameters and optimizer states"}
+    timed = step_times[cfg.warmup:] or step_times
+    _progress(out, rank, "done")
+    return {"rank": rank, "coords": {"pp": pp_rank, "dp": dp_rank, "tp": mesh["tp"].get_local_rank()},
+            "step_times_s": step_times, "median_step_time_s": statistics.median(timed), "losses": step_losses, "grad_norms": grad_norms,
+            "memory": memory}
+
+
+def main(argv: list[str]) -> int:
+    cfg = RunConfig.model_validate_json(Path(argv[0]).read_text())
+    out = Path(argv[1])
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(seconds=cfg.timeout_s))
+        result = run_rank(cfg, out)
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, result)
+        if rank == 0:
+            payload = {"ranks": gathered, "backend": backend, "world_size": dist.get_world_size(),
+                       "torch": torch.__version__}
+            (out / "result.json").write_text(json.dumps(payload))
+        dist.destroy_process_group()
+        return 0
+    except BaseException as exc:  # report which rank failed and why, then fail the launch
+        (out / f"rank{rank}.error").write_text(f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
