@@ -284,6 +284,53 @@ def _print_plan_tables(request: Any, results: list[Any], chosen: Any, explain: b
             console.print(f"  {line}", highlight=False)
 
 
+@app.command("run")
+def run_cmd(
+    plan: Annotated[Path, typer.Argument(help="A plan.json written by `meshplan plan --out`.")],
+    model: Annotated[Optional[str], Opt(help="Run the layout on another model: tiny, tiny-moe, a preset or a config.json.")] = None,
+    steps: Annotated[int, Opt(help="Optimizer steps.")] = 5,
+    nproc: Annotated[Optional[int], Opt(help="Processes (default: the plan's GPUs); dp is rescaled to fit.")] = None,
+    seq_len: Annotated[Optional[int], Opt(help="Tokens per sequence (default: the plan's, or 64 with --model).")] = None,
+    global_batch: Annotated[Optional[int], Opt(help="Sequences per step (default: the plan's, or dp*mb*pp).")] = None,
+    timeout: Annotated[float, Opt(help="Seconds a collective may wait before the run fails.")] = 300.0,
+    as_json: Annotated[bool, Opt("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Execute a plan with PyTorch (torchrun; gloo on CPU, NCCL on GPU) and check loss parity."""
+    if steps <= 0:
+        _fail(f"--steps {steps} must be positive")
+    from meshplan.run import require_torch
+
+    try:
+        require_torch()
+        from meshplan.run.launch import RunFailed, launch
+        from meshplan.run.plan_run import config_from_plan
+
+        cfg, notes = config_from_plan(plan, model=model, nproc=nproc, steps=steps, seq_len=seq_len,
+                                      global_batch=global_batch, timeout_s=timeout)
+    except PlanError as exc:
+        _fail(str(exc))
+        return
+    err = Console(stderr=True)
+    for note in notes:
+        err.print(f"note: {note}", highlight=False)
+    try:
+        result = launch(cfg, cfg.strategy.num_gpus)
+    except PlanError as exc:
+        _fail(str(exc))
+        return
+    except RunFailed as exc:
+        err.print(f"[red]run failed:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(result.model_dump(mode="json"), indent=2))
+    else:
+        from meshplan.cli.render import print_tables, run_tables
+
+        print_tables(run_tables(result))
+    if result.max_loss_rel_diff is not None and result.max_loss_rel_diff > 1e-4:
+        raise typer.Exit(1)
+
+
 @app.command("models")
 def models_cmd(as_json: Annotated[bool, Opt("--json", help="Print JSON.")] = False) -> None:
     """List the built-in model presets with their parameter counts."""

@@ -168,3 +168,33 @@ def sizes_table(results, train_tokens: float | None, price: float | None) -> Tab
                 row.append(f"${seconds / 3600 * n * price:,.0f}")
         t.add_row(*row)
     return t
+
+
+def run_tables(result) -> list[Table]:  # type: ignore[no-untyped-def]
+    """A measured run: per-rank time and memory, losses against the single-process reference."""
+    cfg = result.config
+    head = Table(title=f"{cfg.model.name}: {cfg.strategy.label()} on {result.world_size} processes ({result.backend}, "
+                       f"torch {result.torch})", show_header=False, title_justify="left", min_width=72)
+    head.add_column(style="bold")
+    head.add_column(justify="right")
+    head.add_row("step time (median after warm-up, slowest rank)", f"{result.step_time_s * 1e3:,.1f} ms")
+    head.add_row("tokens/s", f"{result.tokens_per_s:,.0f}")
+    head.add_row("peak memory (largest rank)", f"{result.peak_memory_bytes / 1e6:,.2f} MB")
+    if result.max_loss_rel_diff is not None:
+        ok = result.max_loss_rel_diff <= 1e-4 and (result.max_grad_norm_rel_diff or 0) <= 1e-4
+        head.add_row("loss parity vs one process", f"{'ok' if ok else '[red]FAILED[/red]'}: losses within "
+                     f"{result.max_loss_rel_diff:.1e}, gradient norms within {result.max_grad_norm_rel_diff:.1e}")
+    ranks = Table(title="per rank", title_justify="left")
+    for col in ("rank", "pp", "dp", "tp", "median step ms", "peak MB"):
+        ranks.add_column(col, justify="right")
+    for r in result.ranks:
+        ranks.add_row(str(r.rank), str(r.coords["pp"]), str(r.coords["dp"]), str(r.coords["tp"]),
+                      f"{r.median_step_time_s * 1e3:,.1f}", f"{r.memory.get('peak_bytes', 0) / 1e6:,.2f}")
+    losses = Table(title="losses", title_justify="left")
+    for col in ("step", "run", "one process", "grad norm", "one process "):
+        losses.add_column(col, justify="right")
+    ref = result.reference_losses or [float("nan")] * len(result.losses)
+    ref_norm = result.reference_grad_norms or [float("nan")] * len(result.grad_norms)
+    for i, (a, b, c, d) in enumerate(zip(result.losses, ref, result.grad_norms, ref_norm)):
+        losses.add_row(str(i), f"{a:.6f}", f"{b:.6f}", f"{c:.6f}", f"{d:.6f}")
+    return [head, ranks, losses]

@@ -78,11 +78,31 @@ def _summarise(cfg: RunConfig, payload: dict[str, Any], reference: tuple[list[fl
                      max_grad_norm_rel_diff=_rel(norms, ref_norms) if ref_norms else None)
 
 
+def _root_cause(stderr: str) -> str | None:
+    """torchrun's own 'Root Cause' block: a rank killed by a signal leaves no error file of ours."""
+    import re
+
+    block = stderr.split("Root Cause", 1)
+    if len(block) < 2:
+        return None
+    rank = re.search(r"rank\s*:\s*(\d+)", block[1])
+    code = re.search(r"exitcode\s*:\s*(-?\d+)", block[1])
+    if not rank or not code or int(code.group(1)) >= 0:
+        return None
+    what = re.search(r"what\(\):\s*(.+)", stderr)
+    sig = signal.Signals(-int(code.group(1))).name if -int(code.group(1)) in signal.valid_signals() else code.group(1)
+    return f"rank {rank.group(1)} died ({sig})" + (f": {what.group(1).strip()}" if what else "")
+
+
 def _failure(out: Path, world: int, returncode: int | None, stderr: str) -> str:
-    errors = sorted(out.glob("rank*.error"), key=lambda p: int(p.stem[4:]))
+    died = _root_cause(stderr)
+    if died is not None:
+        return died
+    # The earliest error is the cause; the others are ranks that lost a peer or timed out waiting for it.
+    errors = sorted(out.glob("rank*.error"), key=lambda p: float(p.read_text().split("\n", 1)[0]))
     if errors:
         first = errors[0]
-        cause = first.read_text().splitlines()[0]
+        cause = first.read_text().splitlines()[1]
         others = f" (also ranks {', '.join(p.stem[4:] for p in errors[1:])})" if len(errors) > 1 else ""
         return f"rank {first.stem[4:]} failed: {cause}{others}"
     tail = " | ".join(stderr.strip().splitlines()[-3:]) if stderr.strip() else "no output"

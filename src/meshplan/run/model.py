@@ -102,9 +102,10 @@ class MoE(nn.Module):
         weights = weights.softmax(dim=-1)
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):
+            # An expert without tokens still runs (on zero rows): its weights get zero gradients, so every rank
+            # of a sharded or replicated group reduces the same set of gradients.
             token, slot = (chosen == e).nonzero(as_tuple=True)
-            if token.numel():
-                out = out.index_add(0, token, expert(flat[token]) * weights[token, slot, None])
+            out = out.index_add(0, token, expert(flat[token]) * weights[token, slot, None])
         if self.shared is not None:
             out = out + self.shared(flat)
         return out.view_as(x)

@@ -57,7 +57,7 @@ def reference_run(cfg: RunConfig) -> tuple[list[float], list[float]]:
         x, y = batch(cfg, step)
         loss = loss_fn(model(x), y)
         loss.backward()
-        norms.append(float(torch.sqrt(sum(p.grad.double().pow(2).sum() for p in model.parameters()))))
+        norms.append(float(torch.sqrt(sum(p.grad.double().pow(2).sum() for p in model.parameters() if p.grad is not None))))
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
@@ -201,7 +201,8 @@ def main(argv: list[str]) -> int:
         dist.destroy_process_group()
         return 0
     except BaseException as exc:  # report which rank failed and why, then fail the launch
-        (out / f"rank{rank}.error").write_text(f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+        first_line = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+        (out / f"rank{rank}.error").write_text(f"{time.time():.6f}\n{first_line}\n{traceback.format_exc()}")
         return 1
 
 

@@ -1,0 +1,68 @@
+"""`meshplan run plan.json`: turn a Plan (and optional overrides) into a `RunConfig` and launch it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from meshplan.errors import PlanError
+from meshplan.plan import read_plan
+from meshplan.run.config import RunConfig
+from meshplan.specs import load_model
+from meshplan.specs.model import ModelSpec
+from meshplan.strategy import Strategy
+
+DEFAULT_SEQ_LEN = 64  # tokens: what a small stand-in model trains on when --model overrides the plan's
+
+
+def tiny_model(strategy: Strategy, moe: bool = False) -> ModelSpec:
+    """A small Llama-style model sized so that any layout fits it: KV heads >= tp, layers >= pp·vpp."""
+    kv = max(2, strategy.tp)
+    heads = 2 * kv
+    layers = max(4, strategy.pp * strategy.vpp)
+    spec = dict(name="tiny-moe" if moe else "tiny", num_layers=layers, hidden=16 * heads, num_heads=heads,
+                num_kv_heads=kv, head_dim=16, vocab=256, gated_mlp=True, tied_embeddings=False,
+                ffn_hidden=0 if moe else 32 * heads)
+    if moe:
+        spec.update(num_experts=4, moe_topk=2, moe_ffn_hidden=16 * heads)
+    return ModelSpec(**spec)
+
+
+def config_from_plan(path: Path, *, model: str | None, nproc: int | None, steps: int, seq_len: int | None,
+                     global_batch: int | None, timeout_s: float) -> tuple[RunConfig, list[str]]:
+    """The run a plan describes, with its layout kept and (optionally) a smaller model and batch; notes say what
+    was changed."""
+    plan = read_plan(path)
+    s = plan.strategy
+    notes = []
+    mp = s.tp * s.pp * s.cp
+    if nproc is not None and nproc != s.num_gpus:
+        if nproc % mp:
+            raise PlanError(f"--nproc {nproc} is not a multiple of tp*pp*cp={mp} of the plan; choose a multiple")
+        new_dp = nproc // mp
+        if s.ep > 1 and (new_dp * s.cp) % s.ep:
+            raise PlanError(f"--nproc {nproc} leaves dp={new_dp}, which ep={s.ep} does not divide; choose another")
+        notes.append(f"dp {s.dp} -> {new_dp} to fit --nproc {nproc} (tp, pp, cp kept)")
+        s = s.model_copy(update={"dp": new_dp})
+    if model is None:
+        spec = plan.model
+    elif model in ("tiny", "tiny-moe"):
+        spec = tiny_model(s, moe=model == "tiny-moe")
+    else:
+        spec = load_model(model)
+    if model is not None:
+        notes.append(f"model {plan.model.name} -> {spec.name} ({spec.total_params() / 1e6:,.2f}M parameters)")
+    seq = seq_len or (plan.workload.seq_len if model is None else DEFAULT_SEQ_LEN)
+    if global_batch is None:
+        if model is None and nproc is None:
+            batch = plan.workload.global_batch
+        else:
+            batch = s.dp * s.micro_batch * max(s.pp, 1)  # m = pp micro-batches: enough for 1F1B and interleaving
+            notes.append(f"global batch {plan.workload.global_batch} -> {batch} ({max(s.pp, 1)} micro-batches per rank)")
+    else:
+        batch = global_batch
+    if batch % (s.dp * s.micro_batch):
+        raise PlanError(f"global batch {batch} is not divisible by dp*micro_batch={s.dp * s.micro_batch}")
+    if seq != plan.workload.seq_len:
+        notes.append(f"sequence {plan.workload.seq_len} -> {seq}")
+    cfg = RunConfig(model=spec, strategy=s, global_batch=batch, seq_len=seq, steps=steps, timeout_s=timeout_s)
+    return cfg, notes

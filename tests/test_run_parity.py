@@ -1,0 +1,98 @@
+"""Tier 3: several processes under torchrun (gloo). Loss parity with one process for every strategy family the
+executor supports, and the launcher's handling of failing and hanging ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from meshplan.errors import PlanError  # noqa: E402
+from meshplan.run.config import Fault, RunConfig  # noqa: E402
+from meshplan.run.launch import RunFailed, launch  # noqa: E402
+from meshplan.run.plan_run import tiny_model  # noqa: E402
+from meshplan.strategy import Strategy  # noqa: E402
+
+pytestmark = pytest.mark.multiprocess
+TOLERANCE = 1e-4  # relative, on every step's loss and gradient norm
+
+
+def _config(strategy: Strategy, moe: bool = False, **kw) -> RunConfig:
+    spec = tiny_model(strategy, moe=moe)
+    m = max(strategy.pp, 1)
+    return RunConfig(model=spec, strategy=strategy, global_batch=strategy.dp * strategy.micro_batch * m, seq_len=32,
+                     steps=3, lr=1e-2, timeout_s=60, **kw)
+
+
+FAMILIES = {
+    "ddp": Strategy(dp=2, zero=0),
+    "fsdp-zero3-full-recompute": Strategy(dp=2, zero=3, recompute="full"),
+    "tp-sp-selective": Strategy(dp=1, tp=2, sequence_parallel=True, recompute="selective"),
+    "pp-interleaved": Strategy(dp=1, pp=2, vpp=2, schedule="interleaved", micro_batch=2),
+    "pp-gpipe": Strategy(dp=1, pp=2, schedule="gpipe"),
+    "tp-pp-sp": Strategy(dp=1, tp=2, pp=2, sequence_parallel=True),
+    "tp-dp-allreduce": Strategy(dp=2, tp=2, zero=0),
+    "pp-dp-fsdp": Strategy(dp=2, pp=2, zero=1, micro_batch=2),
+    "tp-pp-dp-fsdp": Strategy(dp=2, tp=2, pp=2, zero=1, sequence_parallel=True),
+}
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_loss_parity_with_one_process(name: str) -> None:
+    s = FAMILIES[name]
+    result = launch(_config(s), s.num_gpus)
+    assert result.world_size == s.num_gpus and result.backend == "gloo"
+    assert result.max_loss_rel_diff <= TOLERANCE, (result.losses, result.reference_losses)
+    assert result.max_grad_norm_rel_diff <= TOLERANCE, (result.grad_norms, result.reference_grad_norms)
+    assert result.step_time_s > 0 and result.peak_memory_bytes > 0
+    assert len({tuple(r.coords.values()) for r in result.ranks}) == s.num_gpus
+
+
+@pytest.mark.parametrize("strategy", [Strategy(dp=2, zero=1), Strategy(dp=1, pp=2, micro_batch=1)],
+                         ids=["moe-fsdp", "moe-pp"])
+def test_moe_loss_parity(strategy: Strategy) -> None:
+    result = launch(_config(strategy, moe=True), strategy.num_gpus)
+    assert result.max_loss_rel_diff <= TOLERANCE and result.max_grad_norm_rel_diff <= TOLERANCE
+
+
+def test_more_tensor_parallelism_means_less_memory_per_rank() -> None:
+    one = launch(_config(Strategy(dp=1, tp=2)), 2, reference=False)
+    four = launch(RunConfig(**{**_config(Strategy(dp=1, tp=2)).model_dump(), "strategy": Strategy(dp=1, tp=1)}), 1,
+                  reference=False)
+    resident = lambda r: max(x.memory["resident_bytes"] for x in r.ranks)  # noqa: E731
+    assert resident(one) < 0.7 * resident(four)
+
+
+def _no_orphans() -> None:
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            assert b"meshplan.run.worker" not in cmd, f"orphan rank process {pid}"
+
+
+def test_a_rank_that_raises_is_named() -> None:
+    cfg = _config(Strategy(dp=2, zero=0), fault=Fault(rank=1, kind="raise", step=1))
+    with pytest.raises(RunFailed, match=r"rank 1 failed: RuntimeError: injected fault on rank 1 at step 1"):
+        launch(cfg, 2, reference=False)
+    _no_orphans()
+
+
+def test_a_rank_that_hangs_times_out_and_everything_is_killed() -> None:
+    cfg = _config(Strategy(dp=2, zero=0), fault=Fault(rank=1, kind="hang", step=1)).model_copy(update={"timeout_s": 8})
+    with pytest.raises(RunFailed) as err:
+        launch(cfg, 2, reference=False, timeout_s=60)
+    assert "rank 0" in str(err.value)  # the rank left waiting in the collective reports the timeout
+    _no_orphans()
+
+
+def test_process_count_must_match_the_layout() -> None:
+    with pytest.raises(PlanError, match="needs dp\\*tp\\*pp\\*cp=4 processes, --nproc is 2"):
+        launch(_config(Strategy(dp=2, tp=2)), 2)
