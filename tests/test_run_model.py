@@ -93,3 +93,40 @@ def test_pipeline_chunks_cover_every_layer_once() -> None:
 def test_what_the_executor_refuses(strategy: Strategy, needle: str) -> None:
     with pytest.raises(PlanError, match=needle):
         check_runnable(TINY, strategy, global_batch=2, seq_len=16)
+
+
+@pytest.fixture
+def fake_two_ranks():
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    dist.init_process_group("fake", rank=0, world_size=2, store=FakeStore())
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("sp", [False, True], ids=["tp", "tp+sp"])
+def test_collective_counts_match_the_cost_model(fake_two_ranks, sp: bool) -> None:
+    """CommDebugMode counts what really runs in one block; the cost model prices the same number."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.debug import CommDebugMode
+
+    from meshplan.cost.training import TP_COLLECTIVES_BACKWARD, TP_COLLECTIVES_FORWARD
+    from meshplan.run.parallel import apply_tensor_parallel
+
+    spec = tiny_model(Strategy(dp=1, tp=2))
+    model = build_model(spec, 0)
+    apply_tensor_parallel(model, init_device_mesh("cpu", (2,), mesh_dim_names=("tp",)), sp)
+    x = torch.randn(2, 8 if sp else 16, spec.hidden, requires_grad=True)
+    with CommDebugMode() as fwd:
+        y = model.layers["0"](x)
+    with CommDebugMode() as bwd:
+        y.sum().backward()
+    def counts(mode) -> dict[str, int]:  # noqa: E306
+        return {str(k).split(".")[-1]: v for k, v in mode.get_comm_counts().items()}
+    if sp:
+        expected_f = {"all_gather_into_tensor": TP_COLLECTIVES_FORWARD, "reduce_scatter_tensor": TP_COLLECTIVES_FORWARD}
+        expected_b = {"all_gather_into_tensor": TP_COLLECTIVES_BACKWARD, "reduce_scatter_tensor": TP_COLLECTIVES_BACKWARD}
+    else:
+        expected_f, expected_b = {"all_reduce": TP_COLLECTIVES_FORWARD}, {"all_reduce": TP_COLLECTIVES_BACKWARD}
+    assert counts(fwd) == expected_f and counts(bwd) == expected_b

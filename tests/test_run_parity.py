@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ def _config(strategy: Strategy, moe: bool = False, **kw) -> RunConfig:
     spec = tiny_model(strategy, moe=moe)
     m = max(strategy.pp, 1)
     return RunConfig(model=spec, strategy=strategy, global_batch=strategy.dp * strategy.micro_batch * m, seq_len=32,
-                     steps=3, lr=1e-2, timeout_s=60, **kw)
+                     steps=3, lr=1e-3, timeout_s=60, **kw)
 
 
 FAMILIES = {
@@ -96,3 +95,22 @@ def test_a_rank_that_hangs_times_out_and_everything_is_killed() -> None:
 def test_process_count_must_match_the_layout() -> None:
     with pytest.raises(PlanError, match="needs dp\\*tp\\*pp\\*cp=4 processes, --nproc is 2"):
         launch(_config(Strategy(dp=2, tp=2)), 2)
+
+
+def test_meshplan_run_cli_executes_a_written_plan(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from meshplan.cli.main import app
+
+    runner = CliRunner()
+    plan = tmp_path / "plan.json"
+    r = runner.invoke(app, ["plan", "--model", "Llama-3.1-8B", "--gpu", "H100", "--num-gpus", "8", "--global-batch",
+                            "64", "--seq-len", "4096", "--tp", "2", "--pp", "2", "--no-cp", "--out", str(plan)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["run", str(plan), "--model", "tiny", "--nproc", "4", "--steps", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["world_size"] == 4 and out["config"]["strategy"]["tp"] == 2 and out["config"]["strategy"]["pp"] == 2
+    assert out["max_loss_rel_diff"] <= TOLERANCE
+    r = runner.invoke(app, ["run", str(plan), "--model", "tiny", "--nproc", "3"])
+    assert r.exit_code == 2 and "not a multiple of tp*pp*cp=4" in r.stderr

@@ -40,6 +40,12 @@ from meshplan.strategy import StrategyTable
 # Adam step traffic per parameter: read+write fp32 master, m, v (24 B), read fp32 grad (4 B), write bf16
 # weight (2 B), read grad again for the norm/clipping (4 B).
 ADAM_BYTES_PER_PARAM = 34  # bytes/param
+# Tensor-parallel collectives per transformer layer (Megatron layout: column- then row-parallel in attention and
+# in the MLP): the outputs of the two row-parallel GEMMs are all-reduced forward, the inputs' gradients of the two
+# column-parallel GEMMs backward; under sequence parallelism each becomes an all-gather + reduce-scatter pair
+# of the same volume (Korthikanti et al. 2022 §4.2.2). The executor's CommDebugMode counts match (tests).
+TP_COLLECTIVES_FORWARD = 2  # per layer
+TP_COLLECTIVES_BACKWARD = 2  # per layer
 
 BREAKDOWN_KEYS = (
     "compute", "recompute", "tp_comm", "cp_comm", "ep_comm", "pp_bubble", "pp_p2p", "dp_comm", "optimizer",
@@ -165,7 +171,7 @@ def _layer_times(ctx: _Ctx, t: StrategyTable, moe: bool) -> dict[str, np.ndarray
     recompute = np.where(t.recompute == FULL, fwd, np.where(t.recompute == SELECTIVE, fwd_attn, 0.0))
 
     act_bytes = tokens * model.hidden * ACT_BYTES
-    tp_ops = np.where(t.recompute == FULL, 6.0, 4.0)
+    tp_ops = TP_COLLECTIVES_FORWARD * np.where(t.recompute == FULL, 2.0, 1.0) + TP_COLLECTIVES_BACKWARD
     exposed = 1.0 - (ctx.eff.tp_overlap if w.tp_comm_overlap else 0.0)
     tp_comm = exposed * tp_ops * all_reduce_time(act_bytes, t.tp, np.ones(len(t)), ctx.links)
 
