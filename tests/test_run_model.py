@@ -130,3 +130,28 @@ def test_collective_counts_match_the_cost_model(fake_two_ranks, sp: bool) -> Non
     else:
         expected_f, expected_b = {"all_reduce": TP_COLLECTIVES_FORWARD}, {"all_reduce": TP_COLLECTIVES_BACKWARD}
     assert counts(fwd) == expected_f and counts(bwd) == expected_b
+
+
+def test_plan_to_run_config_and_its_refusals(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from meshplan.cli.main import app
+    from meshplan.run.launch import launch
+    from meshplan.run.plan_run import config_from_plan
+
+    plan = tmp_path / "plan.json"
+    r = CliRunner().invoke(app, ["plan", "--model", "Llama-3.1-8B", "--gpu", "H100", "--num-gpus", "16",
+                                 "--global-batch", "64", "--seq-len", "4096", "--tp", "4", "--pp", "2", "--no-cp",
+                                 "--out", str(plan)])
+    assert r.exit_code == 0, r.output
+    cfg, notes = config_from_plan(plan, model="tiny", nproc=8, steps=2, seq_len=None, global_batch=None, timeout_s=30)
+    assert (cfg.strategy.tp, cfg.strategy.pp, cfg.strategy.dp) == (4, 2, 1)
+    assert cfg.model.num_kv_heads >= 4 and cfg.seq_len == 64 and any("dp 2 -> 1" in n for n in notes)
+    six_heads = tmp_path / "config.json"
+    six_heads.write_text('{"model_type": "llama", "hidden_size": 96, "num_attention_heads": 6, "num_key_value_heads": 6, '
+                         '"num_hidden_layers": 2, "intermediate_size": 128, "vocab_size": 128}')
+    with pytest.raises(PlanError, match=r"heads not divisible by tp \(heads=6, tp=4\)"):
+        config_from_plan(plan, model=str(six_heads), nproc=8, steps=2, seq_len=None, global_batch=None, timeout_s=30)
+    big = cfg.model_copy(update={"strategy": cfg.strategy.model_copy(update={"dp": 16})})
+    with pytest.raises(PlanError, match="exceeds 64 processes"):
+        launch(big, 128, reference=False)

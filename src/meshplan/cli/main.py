@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -311,7 +312,7 @@ def run_cmd(
         _fail(str(exc))
         return
     err = Console(stderr=True)
-    for note in notes:
+    for note in notes if os.environ.get("RANK", "0") == "0" else []:
         err.print(f"note: {note}", highlight=False)
     try:
         result = launch(cfg, cfg.strategy.num_gpus)
@@ -321,6 +322,8 @@ def run_cmd(
     except RunFailed as exc:
         err.print(f"[red]run failed:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+    if result is None:  # a rank other than 0 of an outer torchrun: rank 0 reports
+        return
     if as_json:
         print(json.dumps(result.model_dump(mode="json"), indent=2))
     else:

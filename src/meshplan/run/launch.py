@@ -118,16 +118,18 @@ def _stuck_ranks(out: Path, world: int) -> str:
     return ", ".join(f"rank {r} at {states[r]}" for r in behind) or "none"
 
 
-def launch(cfg: RunConfig, nproc: int, *, reference: bool = True, timeout_s: float | None = None) -> RunResult:
-    """Run `cfg` on `nproc` processes and collect the result (rank 0's view of all ranks)."""
+def launch(cfg: RunConfig, nproc: int, *, reference: bool = True, timeout_s: float | None = None) -> RunResult | None:
+    """Run `cfg` on `nproc` processes and collect the result (rank 0's view of all ranks). Joined to an outer
+    torchrun, every rank runs and only rank 0 returns a result (the others None)."""
     from meshplan.run import require_torch
 
     require_torch()
     s = cfg.strategy
+    joined = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     if s.num_gpus != nproc:
         raise PlanError(f"the strategy needs dp*tp*pp*cp={s.num_gpus} processes, --nproc is {nproc}; "
                         "make them equal (or let meshplan run rescale dp)")
-    if nproc > MAX_LOCAL_PROCESSES and "RANK" not in os.environ:
+    if nproc > MAX_LOCAL_PROCESSES and not joined:
         raise PlanError(f"--nproc {nproc} exceeds {MAX_LOCAL_PROCESSES} processes on one machine; "
                         "launch it across nodes with torchrun, or use fewer ranks")
     from meshplan.run.parallel import check_runnable
@@ -139,6 +141,9 @@ def launch(cfg: RunConfig, nproc: int, *, reference: bool = True, timeout_s: flo
 
         ref = reference_run(cfg)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # joined: an outer torchrun started us
+        if int(os.environ["WORLD_SIZE"]) != nproc:
+            raise PlanError(f"the strategy needs {nproc} processes, the outer torchrun has WORLD_SIZE="
+                            f"{os.environ['WORLD_SIZE']}; launch with --nproc-per-node x --nnodes = {nproc}")
         return _joined(cfg, ref)
     with tempfile.TemporaryDirectory(prefix="meshplan-run-") as tmp:
         out = Path(tmp)
@@ -182,7 +187,7 @@ def _kill(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
-def _joined(cfg: RunConfig, ref: tuple[list[float], list[float]] | None) -> RunResult:
+def _joined(cfg: RunConfig, ref: tuple[list[float], list[float]] | None) -> RunResult | None:
     """Inside an existing torchrun job (multi-node): every rank runs; rank 0 returns the result."""
     from meshplan.run.worker import main
 
@@ -196,7 +201,6 @@ def _joined(cfg: RunConfig, ref: tuple[list[float], list[float]] | None) -> RunR
         config_path.write_text(cfg.model_dump_json())
     if main([str(config_path), str(out)]) != 0:
         raise RunFailed(_failure(out, int(os.environ["WORLD_SIZE"]), 1, ""))
-    result_file = out / "result.json"
-    if not result_file.exists():  # ranks other than 0 hold no result
-        raise RunFailed("this rank holds no result: rank 0 reports the run")
-    return _summarise(cfg, json.loads(result_file.read_text()), ref)
+    if int(os.environ["RANK"]) != 0:  # rank 0 reports the run
+        return None
+    return _summarise(cfg, json.loads((out / "result.json").read_text()), ref)

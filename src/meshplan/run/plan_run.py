@@ -7,9 +7,10 @@ from pathlib import Path
 from meshplan.errors import PlanError
 from meshplan.plan import read_plan
 from meshplan.run.config import RunConfig
-from meshplan.specs import load_model
+from meshplan.run.parallel import check_runnable
+from meshplan.specs import TrainWorkload, load_model
 from meshplan.specs.model import ModelSpec
-from meshplan.strategy import Strategy
+from meshplan.strategy import Strategy, check_strategy
 
 DEFAULT_SEQ_LEN = 64  # tokens: what a small stand-in model trains on when --model overrides the plan's
 
@@ -64,5 +65,9 @@ def config_from_plan(path: Path, *, model: str | None, nproc: int | None, steps:
         raise PlanError(f"global batch {batch} is not divisible by dp*micro_batch={s.dp * s.micro_batch}")
     if seq != plan.workload.seq_len:
         notes.append(f"sequence {plan.workload.seq_len} -> {seq}")
+    cluster = plan.cluster.model_copy(update={"num_gpus": s.num_gpus,
+                                              "gpus_per_node": min(plan.cluster.gpus_per_node, s.num_gpus)})
+    check_strategy(s, spec, cluster, TrainWorkload(global_batch=batch, seq_len=seq))
+    check_runnable(spec, s, batch, seq)
     cfg = RunConfig(model=spec, strategy=s, global_batch=batch, seq_len=seq, steps=steps, timeout_s=timeout_s)
     return cfg, notes
