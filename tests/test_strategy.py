@@ -92,3 +92,11 @@ def test_valid_mask_is_vectorised() -> None:
                       ep=np.ones(4, int), vpp=np.ones(4, int), micro_batch=np.ones(4, int), zero=np.ones(4, int),
                       sequence_parallel=np.zeros(4, bool), recompute=np.zeros(4, int), schedule=np.zeros(4, int))
     assert valid_mask(t, LLAMA70, H100x64, W).all()
+
+
+def test_cross_node_tp_only_when_asked() -> None:
+    s = Strategy(dp=1, tp=16, pp=4)
+    w = TrainWorkload(global_batch=64, seq_len=4096)
+    with pytest.raises(PlanError, match="--allow-cross-node-tp"):
+        check_strategy(s, LLAMA70, H100x64, w)
+    check_strategy(s, LLAMA70, make_cluster(load_gpu("H100"), 64, allow_cross_node_tp=True), w)

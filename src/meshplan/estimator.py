@@ -42,6 +42,8 @@ class JobRequest(Frozen):
     """Fused attention kernels (no stored score matrix)."""
     tp_comm_overlap: bool = False
     """Tensor-parallel collectives overlapped with GEMMs (Megatron-Core --tp-comm-overlap)."""
+    allow_cross_node_tp: bool = False
+    """Let tensor parallelism span nodes."""
 
     def specs(self, num_gpus: int) -> tuple[ModelSpec, ClusterSpec, TrainWorkload]:
         """The model, a cluster of `num_gpus` and the workload; bad combinations raise `PlanError`."""
@@ -52,6 +54,7 @@ class JobRequest(Frozen):
                 gpu, num_gpus, gpus_per_node=self.gpus_per_node,
                 intra_node_bytes_per_s=self.intra_node_gbps * 1e9 if self.intra_node_gbps else None,
                 inter_node_bytes_per_s=self.inter_node_gbps * 1e9 if self.inter_node_gbps else None,
+                allow_cross_node_tp=self.allow_cross_node_tp,
             )
         except ValidationError as exc:  # a spec's own validator refused a combination of values
             cause = exc.errors()[0].get("ctx", {}).get("error")

@@ -29,6 +29,7 @@ InterOpt = Annotated[Optional[float], Opt(help="Network bandwidth per GPU per di
 PrecisionOpt = Annotated[str, Opt(help="bf16, fp16 or fp8.")]
 FlashOpt = Annotated[bool, Opt(help="Fused attention kernels (no stored score matrix).")]
 OverlapOpt = Annotated[bool, Opt(help="TP collectives overlapped with GEMMs (Megatron-Core/TE).")]
+CrossNodeTpOpt = Annotated[bool, Opt("--allow-cross-node-tp", help="Let tensor parallelism span nodes.")]
 
 
 def _fail(message: str) -> None:
@@ -64,6 +65,7 @@ def estimate_cmd(
     precision: PrecisionOpt = "bf16",
     flash_attention: FlashOpt = True,
     tp_comm_overlap: OverlapOpt = False,
+    allow_cross_node_tp: CrossNodeTpOpt = False,
     tp: Annotated[int, Opt(help="Tensor-parallel degree.")] = 1,
     pp: Annotated[int, Opt(help="Pipeline-parallel degree.")] = 1,
     dp: Annotated[Optional[int], Opt(help="Data-parallel degree (default: num_gpus / (tp*pp*cp)).")] = None,
@@ -106,7 +108,7 @@ def estimate_cmd(
 
     fields = dict(model=model, gpu=gpu, num_gpus=num_gpus, global_batch=global_batch, seq_len=seq_len,
                   gpus_per_node=gpus_per_node, intra_node_gbps=intra_node_gbps, inter_node_gbps=inter_node_gbps,
-                  precision=precision, flash_attention=flash_attention, tp_comm_overlap=tp_comm_overlap, tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, vpp=vpp,
+                  precision=precision, flash_attention=flash_attention, tp_comm_overlap=tp_comm_overlap, allow_cross_node_tp=allow_cross_node_tp, tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, vpp=vpp,
                   micro_batch=micro_batch, zero=zero, recompute=recompute, sequence_parallel=sequence_parallel,
                   schedule=schedule)
     try:
@@ -139,6 +141,7 @@ def plan_cmd(
     precision: PrecisionOpt = "bf16",
     flash_attention: FlashOpt = True,
     tp_comm_overlap: OverlapOpt = False,
+    allow_cross_node_tp: CrossNodeTpOpt = False,
     objective: Annotated[str, Opt(help="throughput, memory, or min-gpus (with --target-tokens-per-s).")] = "throughput",
     target_tokens_per_s: Annotated[Optional[float], Opt(help="Job throughput the min-gpus objective must reach.")] = None,
     memory_headroom: Annotated[float, Opt(help="Fraction of GPU memory to keep free, e.g. 0.1.")] = 0.0,
@@ -186,7 +189,7 @@ def plan_cmd(
         request = parse_plan_request(dict(
             model=model, gpu=gpu, num_gpus=parse_sizes(str(num_gpus)), global_batch=global_batch, seq_len=seq_len,
             gpus_per_node=gpus_per_node, intra_node_gbps=intra_node_gbps, inter_node_gbps=inter_node_gbps,
-            precision=precision, flash_attention=flash_attention, tp_comm_overlap=tp_comm_overlap,
+            precision=precision, flash_attention=flash_attention, tp_comm_overlap=tp_comm_overlap, allow_cross_node_tp=allow_cross_node_tp,
             constraints={k: v for k, v in constraints.items() if v is not None}, objective=objective,
             target_tokens_per_s=target_tokens_per_s, memory_headroom=memory_headroom, top_k=top_k,
             train_tokens=parse_count(train_tokens, "--train-tokens") if train_tokens else None,

@@ -30,6 +30,8 @@ class ClusterSpec(Frozen):
     """Latency of one step of a collective inside the scale-up domain, seconds."""
     inter_node_latency_s: float = Field(default=DEFAULT_INTER_NODE_LATENCY_S, ge=0)
     """Latency of one step of a collective across the network, seconds."""
+    allow_cross_node_tp: bool = False
+    """Let tensor parallelism span nodes (its collectives then run over the network)."""
 
     @model_validator(mode="after")
     def _check(self) -> ClusterSpec:
@@ -54,6 +56,7 @@ def make_cluster(
     inter_node_bytes_per_s: float | None = None,
     intra_node_latency_s: float | None = None,
     inter_node_latency_s: float | None = None,
+    allow_cross_node_tp: bool = False,
 ) -> ClusterSpec:
     """A cluster with the GPU's usual system as defaults; every figure overridable."""
     if num_gpus <= 0:
@@ -67,4 +70,5 @@ def make_cluster(
         inter_node_bytes_per_s=inter_node_bytes_per_s or gpu.default_inter_node_bytes_per_s,
         intra_node_latency_s=DEFAULT_INTRA_NODE_LATENCY_S if intra_node_latency_s is None else intra_node_latency_s,
         inter_node_latency_s=DEFAULT_INTER_NODE_LATENCY_S if inter_node_latency_s is None else inter_node_latency_s,
+        allow_cross_node_tp=allow_cross_node_tp,
     )
