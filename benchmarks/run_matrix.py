@@ -18,7 +18,7 @@ import time
 from meshplan.cost.efficiency import default_efficiency
 from meshplan.errors import PlanError
 from meshplan.run.config import RunConfig
-from meshplan.run.launch import RunFailed, launch
+from meshplan.run.launch import RunFailed, launch, launch_many
 from meshplan.run.parallel import check_runnable
 from meshplan.search.base import SearchRequest
 from meshplan.space import SpaceConstraints, build_axes, chunks, prune
@@ -48,6 +48,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--limit", type=int, default=None, help="run only the first N strategies")
+    parser.add_argument("--per-launch", type=int, default=12, help="strategies per torchrun launch")
     args = parser.parse_args()
     batch = 8
     todo = strategies(args.nproc, batch, args.seq_len)[: args.limit]
@@ -56,22 +57,32 @@ def main() -> int:
     worst = 0.0
     failed = 0
     started = time.perf_counter()
+    runnable = []
     for s in todo:
-        cfg = RunConfig(model=TINY, strategy=s, global_batch=batch, seq_len=args.seq_len, steps=args.steps,
-                        lr=1e-3, timeout_s=120)
         try:
             check_runnable(TINY, s, batch, args.seq_len)
-            r = launch(cfg, s.num_gpus)
+            runnable.append(s)
         except PlanError as exc:
             print(f"{s.label():42s} skipped: {exc}")
-            continue
-        except RunFailed as exc:
-            failed += 1
-            print(f"{s.label():42s} FAILED: {exc}")
-            continue
-        worst = max(worst, r.max_loss_rel_diff or 0.0, r.max_grad_norm_rel_diff or 0.0)
-        print(f"{s.label():42s} {r.step_time_s * 1e3:8.1f} {r.tokens_per_s:9,.0f} {r.peak_memory_bytes / 1e6:8.2f} "
-              f"{r.max_loss_rel_diff:9.1e} {r.max_grad_norm_rel_diff:10.1e}", flush=True)
+    configs = [RunConfig(model=TINY, strategy=s, global_batch=batch, seq_len=args.seq_len, steps=args.steps,
+                         lr=1e-3, timeout_s=120) for s in runnable]
+    for start in range(0, len(configs), args.per_launch):  # several strategies per torchrun start-up
+        group = configs[start:start + args.per_launch]
+        try:
+            results = launch_many(group, args.nproc)
+        except RunFailed:  # isolate the failing strategy: run the group one by one
+            results = []
+            for cfg in group:
+                try:
+                    results.append(launch(cfg, args.nproc))
+                except RunFailed as exc:
+                    failed += 1
+                    print(f"{cfg.strategy.label():42s} FAILED: {exc}")
+        for r in results:
+            worst = max(worst, r.max_loss_rel_diff or 0.0, r.max_grad_norm_rel_diff or 0.0)
+            print(f"{r.config.strategy.label():42s} {r.step_time_s * 1e3:8.1f} {r.tokens_per_s:9,.0f} "
+                  f"{r.peak_memory_bytes / 1e6:8.2f} {r.max_loss_rel_diff:9.1e} {r.max_grad_norm_rel_diff:10.1e}",
+                  flush=True)
     print(f"worst relative difference from one process: {worst:.1e}; failures: {failed}; "
           f"{time.perf_counter() - started:.0f} s in all")
     return 1 if failed or worst > 1e-4 else 0

@@ -13,7 +13,7 @@ pytest.importorskip("torch")
 
 from meshplan.errors import PlanError  # noqa: E402
 from meshplan.run.config import Fault, RunConfig  # noqa: E402
-from meshplan.run.launch import RunFailed, launch  # noqa: E402
+from meshplan.run.launch import RunFailed, launch, launch_many  # noqa: E402
 from meshplan.run.plan_run import tiny_model  # noqa: E402
 from meshplan.strategy import Strategy  # noqa: E402
 
@@ -41,22 +41,31 @@ FAMILIES = {
 }
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
-def test_loss_parity_with_one_process(name: str) -> None:
-    s = FAMILIES[name]
-    result = launch(_config(s), s.num_gpus)
+MOE_FAMILIES = {"moe-fsdp": Strategy(dp=2, zero=1), "moe-pp": Strategy(dp=1, pp=2, micro_batch=1)}
+
+
+@pytest.fixture(scope="module")
+def family_results() -> dict[str, object]:
+    """Every family, grouped by process count: one torchrun launch per group (start-up is most of the cost)."""
+    cases = {**{k: (s, False) for k, s in FAMILIES.items()}, **{k: (s, True) for k, s in MOE_FAMILIES.items()}}
+    results: dict[str, object] = {}
+    for nproc in sorted({s.num_gpus for s, _ in cases.values()}):
+        names = [k for k, (s, _) in cases.items() if s.num_gpus == nproc]
+        ran = launch_many([_config(cases[k][0], moe=cases[k][1]) for k in names], nproc)
+        results.update(zip(names, ran))
+    return results
+
+
+@pytest.mark.parametrize("name", list(FAMILIES) + list(MOE_FAMILIES))
+def test_loss_parity_with_one_process(family_results, name: str) -> None:
+    s = {**FAMILIES, **MOE_FAMILIES}[name]
+    result = family_results[name]
     assert result.world_size == s.num_gpus and result.backend == "gloo"
+    assert result.config.strategy == s
     assert result.max_loss_rel_diff <= TOLERANCE, (result.losses, result.reference_losses)
     assert result.max_grad_norm_rel_diff <= TOLERANCE, (result.grad_norms, result.reference_grad_norms)
     assert result.step_time_s > 0 and result.peak_memory_bytes > 0
     assert len({tuple(r.coords.values()) for r in result.ranks}) == s.num_gpus
-
-
-@pytest.mark.parametrize("strategy", [Strategy(dp=2, zero=1), Strategy(dp=1, pp=2, micro_batch=1)],
-                         ids=["moe-fsdp", "moe-pp"])
-def test_moe_loss_parity(strategy: Strategy) -> None:
-    result = launch(_config(strategy, moe=True), strategy.num_gpus)
-    assert result.max_loss_rel_diff <= TOLERANCE and result.max_grad_norm_rel_diff <= TOLERANCE
 
 
 def test_more_tensor_parallelism_means_less_memory_per_rank() -> None:

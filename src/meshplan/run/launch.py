@@ -121,40 +121,53 @@ def _stuck_ranks(out: Path, world: int) -> str:
 def launch(cfg: RunConfig, nproc: int, *, reference: bool = True, timeout_s: float | None = None) -> RunResult | None:
     """Run `cfg` on `nproc` processes and collect the result (rank 0's view of all ranks). Joined to an outer
     torchrun, every rank runs and only rank 0 returns a result (the others None)."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # joined: an outer torchrun started us
+        _check(cfg, nproc, joined=True)
+        if int(os.environ["WORLD_SIZE"]) != nproc:
+            raise PlanError(f"the strategy needs {nproc} processes, the outer torchrun has WORLD_SIZE="
+                            f"{os.environ['WORLD_SIZE']}; launch with --nproc-per-node x --nnodes = {nproc}")
+        return _joined(cfg, _reference(cfg) if reference else None)
+    return launch_many([cfg], nproc, reference=reference, timeout_s=timeout_s)[0]
+
+
+def _check(cfg: RunConfig, nproc: int, joined: bool = False) -> None:
     from meshplan.run import require_torch
+    from meshplan.run.parallel import check_runnable
 
     require_torch()
     s = cfg.strategy
-    joined = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     if s.num_gpus != nproc:
         raise PlanError(f"the strategy needs dp*tp*pp*cp={s.num_gpus} processes, --nproc is {nproc}; "
                         "make them equal (or let meshplan run rescale dp)")
     if nproc > MAX_LOCAL_PROCESSES and not joined:
         raise PlanError(f"--nproc {nproc} exceeds {MAX_LOCAL_PROCESSES} processes on one machine; "
                         "launch it across nodes with torchrun, or use fewer ranks")
-    from meshplan.run.parallel import check_runnable
-
     check_runnable(cfg.model, s, cfg.global_batch, cfg.seq_len)
-    ref = None
-    if reference:
-        from meshplan.run.worker import reference_run
 
-        ref = reference_run(cfg)
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # joined: an outer torchrun started us
-        if int(os.environ["WORLD_SIZE"]) != nproc:
-            raise PlanError(f"the strategy needs {nproc} processes, the outer torchrun has WORLD_SIZE="
-                            f"{os.environ['WORLD_SIZE']}; launch with --nproc-per-node x --nnodes = {nproc}")
-        return _joined(cfg, ref)
+
+def _reference(cfg: RunConfig) -> tuple[list[float], list[float]]:
+    from meshplan.run.worker import reference_run
+
+    return reference_run(cfg)
+
+
+def launch_many(configs: list[RunConfig], nproc: int, *, reference: bool = True,
+                timeout_s: float | None = None) -> list[RunResult]:
+    """Run several configs of the same process count one after another in one torchrun launch (one start-up
+    instead of many); a failure of any stops the launch and is reported with its config."""
+    for cfg in configs:
+        _check(cfg, nproc)
+    refs = [_reference(cfg) if reference else None for cfg in configs]
     with tempfile.TemporaryDirectory(prefix="meshplan-run-") as tmp:
         out = Path(tmp)
         config_path = out / "config.json"
-        config_path.write_text(cfg.model_dump_json())
+        config_path.write_text(json.dumps([c.model_dump(mode="json") for c in configs]))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
                f"--nproc-per-node={nproc}", "-m", "meshplan.run.worker", str(config_path), str(out)]
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True, env=env)
-        limit = timeout_s if timeout_s is not None else cfg.timeout_s + GRACE_S + 30.0 * cfg.steps
+        limit = timeout_s if timeout_s is not None else sum(c.timeout_s + GRACE_S + 30.0 * c.steps for c in configs)
         try:
             _, stderr = proc.communicate(timeout=limit)
         except subprocess.TimeoutExpired:
@@ -163,10 +176,13 @@ def launch(cfg: RunConfig, nproc: int, *, reference: bool = True, timeout_s: flo
                             f"{_stuck_ranks(out, nproc)}") from None
         finally:
             _kill(proc)
-        result_file = out / "result.json"
-        if proc.returncode != 0 or not result_file.exists():
-            raise RunFailed(_failure(out, nproc, proc.returncode, stderr))
-        return _summarise(cfg, json.loads(result_file.read_text()), ref)
+        done = [out / f"result-{i}.json" for i in range(len(configs))]
+        if proc.returncode != 0 or not all(p.exists() for p in done):
+            failed_at = next(i for i, p in enumerate(done + [None]) if p is None or not p.exists())
+            which = f" (config {failed_at + 1} of {len(configs)}: {configs[failed_at].strategy.label()})" \
+                if len(configs) > 1 and failed_at < len(configs) else ""
+            raise RunFailed(_failure(out, nproc, proc.returncode, stderr) + which)
+        return [_summarise(cfg, json.loads(p.read_text()), ref) for cfg, p, ref in zip(configs, done, refs)]
 
 
 def _kill(proc: subprocess.Popen[str]) -> None:
@@ -203,4 +219,4 @@ def _joined(cfg: RunConfig, ref: tuple[list[float], list[float]] | None) -> RunR
         raise RunFailed(_failure(out, int(os.environ["WORLD_SIZE"]), 1, ""))
     if int(os.environ["RANK"]) != 0:  # rank 0 reports the run
         return None
-    return _summarise(cfg, json.loads((out / "result.json").read_text()), ref)
+    return _summarise(cfg, json.loads((out / "result-0.json").read_text()), ref)

@@ -76,6 +76,9 @@ def _grad_norm(params: list[torch.nn.Parameter], pp_group: Any) -> float:
     return float(sq.sqrt())
 
 
+_MESHES: dict[tuple[int, int, int, str], Any] = {}
+
+
 def _progress(out: Path, rank: int, what: str) -> None:
     (out / f"rank{rank}.progress").write_text(what)
 
@@ -88,7 +91,10 @@ def run_rank(cfg: RunConfig, out: Path) -> dict[str, Any]:
     if use_cuda:
         torch.cuda.set_device(device)
     check_runnable(cfg.model, s, cfg.global_batch, cfg.seq_len)
-    mesh = build_mesh(s, device.type)
+    key = (s.pp, s.dp, s.tp, device.type)
+    if key not in _MESHES:  # one set of process groups per layout, reused by later configs of a batch
+        _MESHES[key] = build_mesh(s, device.type)
+    mesh = _MESHES[key]
     pp_rank, dp_rank = mesh["pp"].get_local_rank(), mesh["dp"].get_local_rank()
     model = build_model(cfg.model, cfg.seed).to(device)
     stages = stage_modules(model, s, pp_rank) if s.pp > 1 else [(0, model)]
@@ -185,19 +191,22 @@ def run_rank(cfg: RunConfig, out: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    cfg = RunConfig.model_validate_json(Path(argv[0]).read_text())
+    """Run the config (or the list of configs, one after another in the same process group) in argv[0]."""
+    raw = json.loads(Path(argv[0]).read_text())
+    configs = [RunConfig.model_validate(c) for c in (raw if isinstance(raw, list) else [raw])]
     out = Path(argv[1])
     rank = int(os.environ.get("RANK", "0"))
     try:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(seconds=cfg.timeout_s))
-        result = run_rank(cfg, out)
-        gathered: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, result)
-        if rank == 0:
-            payload = {"ranks": gathered, "backend": backend, "world_size": dist.get_world_size(),
-                       "torch": torch.__version__}
-            (out / "result.json").write_text(json.dumps(payload))
+        dist.init_process_group(backend, timeout=timedelta(seconds=max(c.timeout_s for c in configs)))
+        for i, cfg in enumerate(configs):
+            result = run_rank(cfg, out)
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, result)
+            if rank == 0:
+                payload = {"ranks": gathered, "backend": backend, "world_size": dist.get_world_size(),
+                           "torch": torch.__version__}
+                (out / f"result-{i}.json").write_text(json.dumps(payload))
         dist.destroy_process_group()
         return 0
     except BaseException as exc:  # report which rank failed and why, then fail the launch
