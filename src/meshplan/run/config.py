@@ -36,4 +36,6 @@ class RunConfig(Frozen):
     timeout_s: float = Field(default=300.0, gt=0)
     """Collective timeout inside the ranks (a hung rank fails the others after this)."""
     measure_memory: bool = True
+    check_parity: bool = True
+    """Record the global gradient norm each step (for parity; its cost is left out of the step time)."""
     fault: Fault | None = None

@@ -75,7 +75,7 @@ def _summarise(cfg: RunConfig, payload: dict[str, Any], reference: tuple[list[fl
                      ranks=ranks, step_time_s=step, tokens_per_s=cfg.global_batch * cfg.seq_len / step, losses=losses,
                      grad_norms=norms, reference_losses=ref_losses, reference_grad_norms=ref_norms,
                      max_loss_rel_diff=_rel(losses, ref_losses) if ref_losses else None,
-                     max_grad_norm_rel_diff=_rel(norms, ref_norms) if ref_norms else None)
+                     max_grad_norm_rel_diff=_rel(norms, ref_norms) if ref_norms and norms else None)
 
 
 def _root_cause(stderr: str) -> str | None:
