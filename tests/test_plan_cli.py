@@ -117,11 +117,13 @@ def test_bad_plan_input_is_one_line_exit_2(extra: list[str], needle: str) -> Non
     assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_global_batch_smaller_than_dp_prunes_everything_with_a_reason() -> None:
+def test_global_batch_smaller_than_dp_is_an_input_error() -> None:
     r = run("plan", "--model", "Llama-3.1-8B", "--gpu", "H100", "--num-gpus", "64", "--global-batch", "4",
             "--seq-len", "4096", "--dp", "64")
-    assert r.exit_code == 1
-    assert "global batch not divisible by dp*micro_batch" in r.stdout
+    assert r.exit_code == 2 and "--dp 64 exceeds --global-batch 4" in r.stderr
+    r = run("estimate", "--model", "Llama-3.1-8B", "--gpu", "H100", "--num-gpus", "64", "--global-batch", "4",
+            "--seq-len", "4096")
+    assert r.exit_code == 2 and "global batch smaller than dp*micro_batch" in r.stderr
 
 
 def test_count_and_size_parsing() -> None:

@@ -71,6 +71,10 @@ def parse_plan_request(fields: dict[str, Any]) -> PlanRequest:
         raise PlanError("--objective min-gpus needs --target-tokens-per-s (the throughput to reach)")
     if req.gpu_hour_price is not None and req.train_tokens is None:
         raise PlanError("--gpu-hour-price needs --train-tokens (what the run trains on)")
+    pinned_dp = req.constraints.dp
+    if pinned_dp is not None and pinned_dp > req.global_batch:
+        raise PlanError(f"--dp {pinned_dp} exceeds --global-batch {req.global_batch}: every data-parallel rank needs "
+                        "at least one sequence; raise the global batch or lower --dp")
     if req.objective == "min-gpus" and len(req.num_gpus) < 2:
         raise PlanError("--objective min-gpus compares cluster sizes: pass several, e.g. --num-gpus 64,128,256,512")
     return req
