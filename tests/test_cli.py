@@ -131,3 +131,14 @@ def test_catalog_commands() -> None:
     gpus = {g["name"]: g for g in json.loads(r.stdout)}
     assert gpus["H100-SXM"]["peak_flops"]["bf16"] == pytest.approx(989e12, rel=0.01)
     assert run("models").exit_code == 0 and run("gpus").exit_code == 0
+
+
+def test_run_without_torch_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    plan = tmp_path / "plan.json"
+    assert run("plan", "--model", "Llama-3.1-8B", "--gpu", "H100", "--num-gpus", "8", "--global-batch", "64",
+               "--seq-len", "4096", "--out", str(plan)).exit_code == 0
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if PyTorch were not installed
+    r = run("run", str(plan), "--model", "tiny")
+    assert r.exit_code == 2 and "pip install 'meshplan[run]'" in r.stderr

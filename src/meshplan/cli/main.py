@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from meshplan.errors import PlanError
 
@@ -33,7 +34,7 @@ CrossNodeTpOpt = Annotated[bool, Opt("--allow-cross-node-tp", help="Let tensor p
 
 
 def _fail(message: str) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    Console(stderr=True).print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -207,7 +208,7 @@ def plan_cmd(
         from meshplan.plan import write_plan
 
         write_plan(to_plan(chosen), out)
-        Console(stderr=True).print(f"wrote {out}", highlight=False)
+        Console(stderr=True).print(f"wrote {escape(str(out))}", highlight=False)
     if chosen is None:
         raise typer.Exit(1)
 
@@ -264,7 +265,7 @@ def _print_plan_tables(request: Any, results: list[Any], chosen: Any, explain: b
     if len(shown.ranked):
         print_tables([ranked_table(shown, title)], console)
     for line in pruning_lines(shown):
-        console.print(line, highlight=False)
+        console.print(escape(line), highlight=False)
     if chosen is None:
         if request.objective == "min-gpus" and any(len(r.ranked) for r in results):
             best = max((r for r in results if len(r.ranked)), key=lambda r: float(r.ranked.cost.tokens_per_s[0]))
@@ -274,7 +275,7 @@ def _print_plan_tables(request: Any, results: list[Any], chosen: Any, explain: b
         else:
             console.print("[red]nothing fits.[/red] What would:", highlight=False)
             for hint in what_would_fit(shown):
-                console.print(f"  - {hint}", highlight=False)
+                console.print(f"  - {escape(hint)}", highlight=False)
         return
     if request.train_tokens and len(results) == 1:
         tps = float(chosen.ranked.cost.tokens_per_s[0])
@@ -285,7 +286,7 @@ def _print_plan_tables(request: Any, results: list[Any], chosen: Any, explain: b
     if explain:
         console.print("\n[bold]why the winner wins[/bold]")
         for line in compare_runners_up(chosen) + explain_neighbours(chosen):
-            console.print(f"  {line}", highlight=False)
+            console.print(f"  {escape(line)}", highlight=False)
 
 
 @app.command("run")
@@ -316,14 +317,14 @@ def run_cmd(
         return
     err = Console(stderr=True)
     for note in notes if os.environ.get("RANK", "0") == "0" else []:
-        err.print(f"note: {note}", highlight=False)
+        err.print(f"note: {escape(note)}", highlight=False)
     try:
         result = launch(cfg, cfg.strategy.num_gpus)
     except PlanError as exc:
         _fail(str(exc))
         return
     except RunFailed as exc:
-        err.print(f"[red]run failed:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]run failed:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     if result is None:  # a rank other than 0 of an outer torchrun: rank 0 reports
         return
@@ -371,5 +372,5 @@ def main() -> None:
     try:
         app()
     except PlanError as exc:  # pragma: no cover - commands catch their own; this is the safety net
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
