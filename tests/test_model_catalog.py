@@ -44,6 +44,12 @@ PUBLISHED: dict[str, tuple[float, float, float | None, float, str]] = {
     "Nemotron-4-340B": (341.0 * B, 0.005, None, 0, "Nemotron-4 340B report: 341B"),
     "BLOOM-176B": (176.2 * B, 0.005, None, 0, "BigScience BLOOM: 176,247,271,424"),
     "OPT-175B": (175.0 * B, 0.005, None, 0, "Zhang et al. 2022"),
+    "Llama-3.3-70B": (70.6 * B, 0.005, None, 0, "Llama-3.3-70B-Instruct checkpoint, 70.6B"),
+    "Qwen3-32B": (32.8 * B, 0.005, None, 0, "Qwen3-32B model card: 32.8B"),
+    "Mistral-7B": (7.24 * B, 0.005, None, 0, "Mistral-7B-v0.1 checkpoint, 7.24B"),
+    "DeepSeek-R1": (671.0 * B, 0.005, 37.0 * B, 0.02, "DeepSeek-R1: 671B total, 37B activated"),
+    "Llama-4-Scout-17B-16E": (109.0 * B, 0.015, 17.0 * B, 0.02, "Meta: 109B total (incl. ~0.87B vision), 17B active"),
+    "gpt-oss-120b": (116.83 * B, 0.005, 5.71 * B, 0.01, "model card 116.83B; 5.13B active + 0.58B input embedding"),
 }
 
 
