@@ -126,14 +126,16 @@ def run_rank(cfg: RunConfig, out: Path) -> dict[str, Any]:
     first = any(index == 0 for index, _ in stages)
     last = any(index == s.pp * s.vpp - 1 for index, _ in stages)
 
-    def train_step(step: int) -> float:
+    def local_batch_of(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch(cfg, step)
+        return (x[dp_rank * local_batch:(dp_rank + 1) * local_batch].to(device),
+                y[dp_rank * local_batch:(dp_rank + 1) * local_batch].to(device))
+
+    def train_step(step: int, x: torch.Tensor, y: torch.Tensor) -> float:
         if cfg.fault is not None and cfg.fault.rank == rank and cfg.fault.step == step:
             if cfg.fault.kind == "raise":
                 raise RuntimeError(f"injected fault on rank {rank} at step {step}")
             time.sleep(10 * cfg.timeout_s)  # hang: the others time out in their next collective
-        x, y = batch(cfg, step)
-        x = x[dp_rank * local_batch:(dp_rank + 1) * local_batch].to(device)
-        y = y[dp_rank * local_batch:(dp_rank + 1) * local_batch].to(device)
         total = torch.zeros((), device=device)
         if schedule is None:
             module = modules[0].module
@@ -169,9 +171,10 @@ def run_rank(cfg: RunConfig, out: Path) -> dict[str, Any]:
     step_times, step_losses, grad_norms, norm_seconds = [], [], [], []
     for step in range(cfg.steps):
         _progress(out, rank, f"step {step}")
+        x, y = local_batch_of(step)  # data is made before the clock starts
         dist.barrier()
         started = time.perf_counter()
-        step_losses.append(train_step(step))
+        step_losses.append(train_step(step, x, y))
         if use_cuda:
             torch.cuda.synchronize()
         step_times.append(time.perf_counter() - started - (norm_seconds[-1] if cfg.check_parity else 0.0))
@@ -182,7 +185,8 @@ def run_rank(cfg: RunConfig, out: Path) -> dict[str, Any]:
         else:
             resident = resident_bytes(params, optimizer)
             dist.barrier()
-            live = cpu_step_peak_bytes(lambda: train_step(cfg.steps))
+            x, y = local_batch_of(cfg.steps)
+            live = cpu_step_peak_bytes(lambda: train_step(cfg.steps, x, y))
             memory = {"peak_bytes": resident + live, "resident_bytes": resident, "step_live_peak_bytes": live,
                       "method": "torch.profiler live-allocation peak of one step + parameters and optimizer states"}
     timed = step_times[cfg.warmup:] or step_times
