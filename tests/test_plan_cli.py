@@ -109,6 +109,7 @@ def test_explain_names_terms() -> None:
         (["--memory-headroom", "1.5"], "memory_headroom"),
         (["--objective", "fastest"], "objective"),
         (["--train-tokens", "lots"], "not a count"),
+        (["--ep", "2"], "no strategy is valid on 16 GPUs"),
     ],
 )
 def test_bad_plan_input_is_one_line_exit_2(extra: list[str], needle: str) -> None:
@@ -131,3 +132,11 @@ def test_count_and_size_parsing() -> None:
     assert parse_sizes("128,64,64") == [64, 128]
     with pytest.raises(PlanError):
         parse_sizes("64,abc")
+
+
+def test_top_k_zero_lists_every_plan_that_fits() -> None:
+    r = run("plan", "--model", "Llama-3.1-8B", "--gpu", "H100", "--num-gpus", "8", "--global-batch", "16",
+            "--seq-len", "2048", "--tp", "2", "--pp", "1", "--cp", "1", "--top-k", "0", "--json")
+    assert r.exit_code == 0
+    res = json.loads(r.stdout)["results"][0]
+    assert len(res["ranked"]) == res["strategies_fitting"] > 10

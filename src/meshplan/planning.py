@@ -15,7 +15,7 @@ from meshplan.estimator import JobRequest, estimate_from_cost
 from meshplan.plan import Plan
 from meshplan.search.base import SearchRequest, SearchResult
 from meshplan.search.exhaustive import search_exhaustive
-from meshplan.space import SpaceConstraints
+from meshplan.space import NOT_DIVIDING, SpaceConstraints
 
 PlanObjective = Literal["throughput", "memory", "min-gpus"]
 _SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
@@ -53,7 +53,8 @@ class PlanRequest(JobRequest):
     target_tokens_per_s: float | None = Field(default=None, gt=0)
     """Throughput the min-gpus objective must reach (tokens/s for the whole job)."""
     memory_headroom: float = Field(default=0.0, ge=0.0, lt=1.0)
-    top_k: int = Field(default=10, gt=0)
+    top_k: int = Field(default=10, ge=0)
+    """Plans to show per size; 0 shows every plan that fits."""
     train_tokens: float | None = Field(default=None, gt=0)
     """Tokens to train on: adds the time to train."""
     gpu_hour_price: float | None = Field(default=None, gt=0)
@@ -92,8 +93,21 @@ def search_requests(req: PlanRequest) -> list[SearchRequest]:
 
 
 def run_plan(req: PlanRequest, progress: Callable[[int, int], None] | None = None) -> list[SearchResult]:
-    """One exhaustive search per cluster size, smallest first."""
-    return [search_exhaustive(r, progress=progress) for r in search_requests(req)]
+    """One exhaustive search per cluster size, smallest first. When no strategy of any size passes the rules,
+    the input contradicts itself (pins against the model, a batch too small): that is a `PlanError`."""
+    results = [search_exhaustive(r, progress=progress) for r in search_requests(req)]
+    if all(r.num_valid == 0 for r in results):
+        pruned: dict[str, int] = {}
+        for r in results:
+            for reason, count in r.pruned.items():
+                pruned[reason] = pruned.get(reason, 0) + count
+        informative = {k: v for k, v in pruned.items() if k != NOT_DIVIDING} or pruned
+        top = max(informative, key=lambda k: informative[k]) if informative else "no strategies"
+        pins = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in req.constraints.model_dump(exclude_none=True).items())
+        hint = f"relax the pins ({pins})" if pins else "change the GPU count, batch or sequence length"
+        raise PlanError(f"no strategy is valid on {', '.join(map(str, req.num_gpus))} GPUs: the most common reason is "
+                        f"'{top}' ({pruned.get(top, 0):,} strategies); {hint}")
+    return results
 
 
 def choose(req: PlanRequest, results: list[SearchResult]) -> SearchResult | None:

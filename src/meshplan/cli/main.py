@@ -163,7 +163,7 @@ def plan_cmd(
     max_cp: Annotated[Optional[int], Opt(help="Largest cp to consider.")] = None,
     max_ep: Annotated[Optional[int], Opt(help="Largest ep to consider.")] = None,
     no_cp: Annotated[bool, Opt("--no-cp", help="No context parallelism (same as --cp 1).")] = False,
-    top_k: Annotated[int, Opt(help="Plans to show (and to write with --json).")] = 10,
+    top_k: Annotated[int, Opt(help="Plans to show (and to write with --json); 0 for every plan that fits.")] = 10,
     train_tokens: Annotated[Optional[str], Opt(help="Tokens to train on, e.g. 15T: adds the time to train.")] = None,
     gpu_hour_price: Annotated[Optional[float], Opt(help="Price per GPU-hour: adds the cost (needs --train-tokens).")] = None,
     explain: Annotated[bool, Opt("--explain", help="Why the winner beats the runners-up, term by term.")] = False,

@@ -29,7 +29,8 @@ class SearchRequest(Frozen):
     """throughput: most tokens/s among plans that fit; memory: lowest peak memory per GPU."""
     memory_headroom: float = Field(default=0.0, ge=0.0, lt=1.0)
     """Fraction of GPU memory kept free: a plan fits when peak <= (1 - headroom) x capacity."""
-    top_k: int = Field(default=10, gt=0)
+    top_k: int = Field(default=10, ge=0)
+    """Plans to keep, best first; 0 keeps every plan that fits."""
     efficiency: Efficiency
 
     @property

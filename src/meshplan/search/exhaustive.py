@@ -44,7 +44,7 @@ def _concat(a: Ranked | None, b: Ranked) -> Ranked:
 
 
 def _top(r: Ranked, k: int, objective: str) -> Ranked:
-    order = rank_order(r.cost, r.index, objective)[:k]  # type: ignore[arg-type]
+    order = rank_order(r.cost, r.index, objective)[: k or None]  # type: ignore[arg-type]
     return Ranked(r.table.take(order), _take_cost(r.cost, order), r.index[order])
 
 

@@ -72,7 +72,7 @@ def search_reference(request: SearchRequest, every: int = 1) -> SearchResult:
         ranked = Ranked(none, training_cost(request.model, request.cluster, request.workload, none, request.efficiency),
                         np.zeros(0, dtype=np.int64))
     else:
-        order = rank_order(found.cost, found.index, request.objective)[: request.top_k]
+        order = rank_order(found.cost, found.index, request.objective)[: request.top_k or None]
         ranked = Ranked(found.table.take(order), _take_cost(found.cost, order), found.index[order])
     return SearchResult(request=request, ranked=ranked, space_size=space_size(axes), num_valid=num_valid,
                         num_fit=num_fit, pruned=pruned, seconds=time.perf_counter() - started, algorithm="reference")
