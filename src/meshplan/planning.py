@@ -97,17 +97,39 @@ def run_plan(req: PlanRequest, progress: Callable[[int, int], None] | None = Non
     the input contradicts itself (pins against the model, a batch too small): that is a `PlanError`."""
     results = [search_exhaustive(r, progress=progress) for r in search_requests(req)]
     if all(r.num_valid == 0 for r in results):
-        pruned: dict[str, int] = {}
-        for r in results:
-            for reason, count in r.pruned.items():
-                pruned[reason] = pruned.get(reason, 0) + count
-        informative = {k: v for k, v in pruned.items() if k != NOT_DIVIDING} or pruned
-        top = max(informative, key=lambda k: informative[k]) if informative else "no strategies"
-        pins = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in req.constraints.model_dump(exclude_none=True).items())
+        pins = ", ".join((f"--{k.replace('_', '-')}" if v else f"--no-{k.replace('_', '-')}") if isinstance(v, bool)
+                         else f"--{k.replace('_', '-')} {v}"
+                         for k, v in req.constraints.model_dump(exclude_none=True).items())
         hint = f"relax the pins ({pins})" if pins else "change the GPU count, batch or sequence length"
-        raise PlanError(f"no strategy is valid on {', '.join(map(str, req.num_gpus))} GPUs: the most common reason is "
-                        f"'{top}' ({pruned.get(top, 0):,} strategies); {hint}")
+        raise PlanError(f"no strategy is valid on {', '.join(map(str, req.num_gpus))} GPUs: "
+                        f"{_blocking_reason(results[0])}; {hint}")
     return results
+
+
+def _blocking_reason(result: SearchResult) -> str:
+    """The rule every candidate breaks (e.g. a pin against the model), or else the most frequent one."""
+    import numpy as np
+
+    from meshplan.space import build_axes, chunks
+    from meshplan.strategy import RULES, violations
+
+    req = result.request
+    broken = {r.reason: True for r in RULES}
+    any_row = False
+    for _, table in chunks(build_axes(req.model, req.cluster, req.workload, req.constraints), req.cluster.num_gpus):
+        rows = table.take(table.dp > 0)
+        if not len(rows):
+            continue
+        any_row = True
+        for rule, column in zip(RULES, violations(rows, req.model, req.cluster, req.workload).values()):
+            broken[rule.reason] &= bool(np.all(column))
+    blocking = [reason for reason, always in broken.items() if always] if any_row else []
+    if blocking:
+        return "every candidate breaks: " + "; ".join(blocking)
+    if not any_row:
+        return NOT_DIVIDING + " for any candidate"
+    top = max(result.pruned, key=lambda k: result.pruned[k])
+    return f"no single rule blocks every candidate; the most frequent is '{top}'"
 
 
 def choose(req: PlanRequest, results: list[SearchResult]) -> SearchResult | None:
