@@ -10,7 +10,6 @@ import pytest
 
 from meshplan.calibrate.published import (
     PublishedRun,
-    _model,
     load_published_runs,
     megatron_core_flops_per_token,
     narayanan_flops_per_token,

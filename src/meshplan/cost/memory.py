@@ -164,7 +164,8 @@ def memory_breakdown(model: ModelSpec, workload: TrainWorkload, t: StrategyTable
     for stage in STAGES:
         dense, experts = params[stage], params[f"{stage}_experts"]
 
-        def sharded(bytes_per_param: int, from_stage: int) -> np.ndarray:
+        def sharded(bytes_per_param: int, from_stage: int, dense: np.ndarray = dense,
+                    experts: np.ndarray = experts) -> np.ndarray:
             split = z >= from_stage
             return bytes_per_param * (np.where(split, dense / shard, dense) + np.where(split, experts / expert_shard, experts))
 

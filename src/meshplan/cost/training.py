@@ -227,7 +227,6 @@ def training_cost(model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkloa
         np.where(single, 0.0, sl.last * layer_time + head_compute + edge_comm),
     ])
     crit = np.argmax(stage_time, axis=0)  # 0 first, 1 middle, 2 last: the stage that sets the pace
-    slowest = stage_time.max(axis=0)
     mean = (model.num_layers * layer_time + head_compute + 2.0 * edge_comm) / t.pp
     crit_layers = np.choose(crit, [sl.first, sl.middle, sl.last])
     crit_head = single | (crit == 2)

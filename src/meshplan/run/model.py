@@ -151,7 +151,7 @@ def build_model(spec: ModelSpec, seed: int) -> Decoder:
     torch.manual_seed(seed)
     model = Decoder(spec)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, INIT_STD)
     return model

@@ -155,7 +155,7 @@ def run_rank(cfg: RunConfig, out: Path) -> dict[str, Any]:
             else:
                 schedule.step()
             if last:
-                total = torch.stack([l.detach() for l in losses]).mean()
+                total = torch.stack([mb_loss.detach() for mb_loss in losses]).mean()
             dist.all_reduce(total, group=mesh["pp"].get_group())  # only the last stage contributes
         if modules[0].kind == "allreduce":
             allreduce_gradients(params, mesh)
