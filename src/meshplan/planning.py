@@ -13,7 +13,7 @@ from meshplan.cost.efficiency import default_efficiency
 from meshplan.errors import PlanError
 from meshplan.estimator import JobRequest, estimate_from_cost
 from meshplan.plan import Plan
-from meshplan.search.base import SearchRequest, SearchResult
+from meshplan.search.base import Objective, SearchRequest, SearchResult
 from meshplan.search.exhaustive import search_exhaustive
 from meshplan.space import NOT_DIVIDING, SpaceConstraints
 
@@ -82,7 +82,7 @@ def parse_plan_request(fields: dict[str, Any]) -> PlanRequest:
 
 
 def search_requests(req: PlanRequest) -> list[SearchRequest]:
-    objective = "memory" if req.objective == "memory" else "throughput"
+    objective: Objective = "memory" if req.objective == "memory" else "throughput"
     out = []
     for n in req.num_gpus:
         model, cluster, workload = req.specs(n)

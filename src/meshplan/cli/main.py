@@ -180,7 +180,7 @@ def plan_cmd(
     try:
         if no_cp and cp not in (None, 1):
             raise PlanError(f"--no-cp contradicts --cp {cp}; drop one of them")
-        constraints = dict(tp=tp, pp=pp, dp=dp, cp=1 if no_cp else cp, ep=ep, vpp=vpp, micro_batch=micro_batch,
+        constraints: dict[str, Any] = dict(tp=tp, pp=pp, dp=dp, cp=1 if no_cp else cp, ep=ep, vpp=vpp, micro_batch=micro_batch,
                            zero=zero, recompute=recompute, schedule=schedule, sequence_parallel=sequence_parallel,
                            max_tp=max_tp, max_pp=max_pp, max_cp=max_cp, max_ep=max_ep)
         for name in ("tp", "pp", "cp", "ep"):

@@ -42,16 +42,16 @@ def estimate_tables(e: Estimate) -> list[Table]:
     time.add_column("time", justify="right")
     time.add_column("share", justify="right")
     time.add_column("source")
-    for k, v in e.breakdown.items():
-        if v > 0:
-            time.add_row(k, _seconds(v), f"{v / e.step_time_s:.1%}", e.formulas.get(k, ""))
+    for term, seconds in e.breakdown.items():
+        if seconds > 0:
+            time.add_row(term, _seconds(seconds), f"{seconds / e.step_time_s:.1%}", e.formulas.get(term, ""))
 
     mem = Table(title="memory per GPU (worst pipeline stage)", title_justify="left")
     mem.add_column("kind")
     mem.add_column("GB", justify="right")
-    for k, v in e.memory_breakdown.items():
-        if v > 0:
-            mem.add_row(k, f"{v / GB:,.2f}")
+    for kind, nbytes in e.memory_breakdown.items():
+        if nbytes > 0:
+            mem.add_row(kind, f"{nbytes / GB:,.2f}")
     mem.add_row("[bold]total[/bold]", f"[bold]{e.peak_memory_bytes / GB:,.2f}[/bold]")
 
     prov = Table(title="where the figures come from", title_justify="left", show_header=False)

@@ -156,6 +156,7 @@ def _layer_times(ctx: _Ctx, t: StrategyTable, moe: bool) -> dict[str, np.ndarray
     fwd_gemm = _gemm_time(ctx, [g for g in gemms if g.name != "router"], tokens, t, low)
     fwd_gemm = fwd_gemm + (_gemm_time(ctx, router, tokens, t, False) if router else 0.0)
     attn_flops = F.attention_core_flops_per_token(model, w.seq_len, causal_skip=w.flash_attention)
+    attn_eff: float | np.ndarray
     if w.flash_attention:  # one fused kernel at its own fraction of the GEMM rate
         attn_eff = ctx.gemm_eff * ctx.eff.attention_ratio
     else:  # batched GEMMs per head, QKᵀ: (s x d)·(d x s), scores through HBM (softmax counted as element-wise)

@@ -22,7 +22,7 @@ def resident_bytes(params: list[torch.nn.Parameter], optimizer: torch.optim.Opti
     return tensor_bytes(list(params)) + tensor_bytes(states)
 
 
-def cpu_step_peak_bytes(step: Callable[[], None]) -> int:
+def cpu_step_peak_bytes(step: Callable[[], object]) -> int:
     """Peak of bytes allocated (and not yet freed) during one call of `step`, from the profiler's memory events."""
     from torch.profiler import ProfilerActivity, profile
 

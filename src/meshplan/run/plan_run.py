@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from meshplan.errors import PlanError
 from meshplan.plan import read_plan
@@ -20,7 +21,7 @@ def tiny_model(strategy: Strategy, moe: bool = False) -> ModelSpec:
     kv = max(2, strategy.tp)
     heads = 2 * kv
     layers = max(4, strategy.pp * strategy.vpp)
-    spec = dict(name="tiny-moe" if moe else "tiny", num_layers=layers, hidden=16 * heads, num_heads=heads,
+    spec: dict[str, Any] = dict(name="tiny-moe" if moe else "tiny", num_layers=layers, hidden=16 * heads, num_heads=heads,
                 num_kv_heads=kv, head_dim=16, vocab=256, gated_mlp=True, tied_embeddings=False,
                 ffn_hidden=0 if moe else 32 * heads)
     if moe:

@@ -57,7 +57,8 @@ def reference_run(cfg: RunConfig) -> tuple[list[float], list[float]]:
         x, y = batch(cfg, step)
         loss = loss_fn(model(x), y)
         loss.backward()
-        norms.append(float(torch.sqrt(sum(p.grad.double().pow(2).sum() for p in model.parameters() if p.grad is not None))))
+        squares = [p.grad.double().pow(2).sum() for p in model.parameters() if p.grad is not None]
+        norms.append(float(torch.stack(squares).sum().sqrt()))
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
@@ -111,12 +112,12 @@ def run_rank(cfg: RunConfig, out: Path) -> dict[str, Any]:
     local_batch = cfg.global_batch // s.dp
     microbatches = local_batch // s.micro_batch
 
-    schedule = None
+    schedule: Any = None  # a torch.distributed.pipelining schedule
     if s.pp > 1:
         from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
         num_stages = s.pp * s.vpp
-        pipe = [PipelineStage(dp.module, index, num_stages, device, group=mesh["pp"].get_group())
+        pipe: list[Any] = [PipelineStage(dp.module, index, num_stages, device, group=mesh["pp"].get_group())
                 for (index, _), dp in zip(stages, modules)]
         if s.schedule == "interleaved":
             schedule = ScheduleInterleaved1F1B(pipe, n_microbatches=microbatches, loss_fn=loss_fn)
@@ -168,7 +169,10 @@ def run_rank(cfg: RunConfig, out: Path) -> dict[str, Any]:
         dist.all_reduce(total, group=mesh["dp"].get_group())
         return float(total) / s.dp
 
-    step_times, step_losses, grad_norms, norm_seconds = [], [], [], []
+    step_times: list[float] = []
+    step_losses: list[float] = []
+    grad_norms: list[float] = []
+    norm_seconds: list[float] = []
     for step in range(cfg.steps):
         _progress(out, rank, f"step {step}")
         x, y = local_batch_of(step)  # data is made before the clock starts

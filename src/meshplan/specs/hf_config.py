@@ -45,7 +45,7 @@ class _Config:
     def has(self, key: str) -> bool:
         return self.raw.get(key) is not None
 
-    def int(self, *keys: str, default: Any = _MISSING, minimum: int = 1) -> int:
+    def integer(self, *keys: str, default: Any = _MISSING, minimum: int = 1) -> int:
         """The first of `keys` present (and not null), as an integer >= `minimum`."""
         for key in keys:
             value = self.raw.get(key)
@@ -64,7 +64,7 @@ class _Config:
             raise self.error(f"missing required key {keys[0]!r}{alternatives}; add it to config.json")
         return default
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         value = self.raw.get(key)
         if value is None:
             return default
@@ -93,7 +93,7 @@ class _Config:
 
     def head_dim(self, hidden: int, heads: int, *keys: str) -> int:
         """Explicit `head_dim` when the config has one (Qwen3 and others differ from hidden/heads)."""
-        explicit = self.int(*keys, default=0) if keys else 0
+        explicit = self.integer(*keys, default=0) if keys else 0
         if explicit:
             return explicit
         if hidden % heads:
@@ -141,24 +141,24 @@ def model_from_hf_config(config: dict, name: str) -> ModelSpec:
 
 
 def _bias_fields(cfg: _Config, default_attention: bool = False) -> dict[str, bool]:
-    attention = cfg.bool("attention_bias", default_attention)
-    mlp = cfg.bool("mlp_bias", False)
+    attention = cfg.flag("attention_bias", default_attention)
+    mlp = cfg.flag("mlp_bias", False)
     return {"linear_bias": mlp, "qkv_bias": attention and not mlp}
 
 
 def _llama_like(cfg: _Config) -> dict[str, Any]:
     t = cfg.model_type
-    layers = cfg.int("num_hidden_layers")
-    hidden = cfg.int("hidden_size")
-    heads = cfg.int("num_attention_heads")
+    layers = cfg.integer("num_hidden_layers")
+    hidden = cfg.integer("hidden_size")
+    heads = cfg.integer("num_attention_heads")
     fields: dict[str, Any] = {
         "num_layers": layers,
         "hidden": hidden,
         "num_heads": heads,
-        "num_kv_heads": cfg.int("num_key_value_heads", default=heads),
-        "vocab": cfg.int("vocab_size"),
+        "num_kv_heads": cfg.integer("num_key_value_heads", default=heads),
+        "vocab": cfg.integer("vocab_size"),
         "gated_mlp": True,
-        "tied_embeddings": cfg.bool("tie_word_embeddings", False),
+        "tied_embeddings": cfg.flag("tie_word_embeddings", False),
         "norm": "rmsnorm",
         "qk_norm": t in ("qwen3", "qwen3_moe"),
         "dropout": cfg.dropout(),
@@ -168,14 +168,14 @@ def _llama_like(cfg: _Config) -> dict[str, Any]:
         fields.update(linear_bias=False, qkv_bias=True)
 
     if t in ("deepseek_v2", "deepseek_v3"):
-        rope = cfg.int("qk_rope_head_dim")
-        nope = cfg.int("qk_nope_head_dim")
+        rope = cfg.integer("qk_rope_head_dim")
+        nope = cfg.integer("qk_nope_head_dim")
         fields["mla"] = MlaSpec(
-            q_lora_rank=cfg.int("q_lora_rank", default=0, minimum=0),
-            kv_lora_rank=cfg.int("kv_lora_rank"),
+            q_lora_rank=cfg.integer("q_lora_rank", default=0, minimum=0),
+            kv_lora_rank=cfg.integer("kv_lora_rank"),
             qk_nope_head_dim=nope,
             qk_rope_head_dim=rope,
-            v_head_dim=cfg.int("v_head_dim"),
+            v_head_dim=cfg.integer("v_head_dim"),
         )
         fields["head_dim"] = nope + rope
     else:
@@ -184,18 +184,18 @@ def _llama_like(cfg: _Config) -> dict[str, Any]:
     if t == "mixtral":
         fields.update(
             ffn_hidden=0,
-            num_experts=cfg.int("num_local_experts"),
-            moe_topk=cfg.int("num_experts_per_tok"),
-            moe_ffn_hidden=cfg.int("intermediate_size"),
+            num_experts=cfg.integer("num_local_experts"),
+            moe_topk=cfg.integer("num_experts_per_tok"),
+            moe_ffn_hidden=cfg.integer("intermediate_size"),
         )
     elif t in ("qwen2_moe", "qwen3_moe"):
-        experts = cfg.int("num_experts", default=0, minimum=0)
-        step = cfg.int("decoder_sparse_step", default=1)
+        experts = cfg.integer("num_experts", default=0, minimum=0)
+        step = cfg.integer("decoder_sparse_step", default=1)
         only_dense = set(cfg.int_list("mlp_only_layers"))
         is_moe = [experts > 0 and i not in only_dense and (i + 1) % step == 0 for i in range(layers)]
         fields.update(_moe_layout(cfg, is_moe, experts, "mlp_only_layers/decoder_sparse_step"))
         if experts and t == "qwen2_moe":
-            shared = cfg.int("shared_expert_intermediate_size", default=0, minimum=0)
+            shared = cfg.integer("shared_expert_intermediate_size", default=0, minimum=0)
             moe = fields["moe_ffn_hidden"]
             if shared % moe:
                 raise cfg.error(
@@ -204,23 +204,23 @@ def _llama_like(cfg: _Config) -> dict[str, Any]:
                 )
             fields["num_shared_experts"] = shared // moe
     elif t in ("deepseek_v2", "deepseek_v3"):
-        experts = cfg.int("n_routed_experts", default=0, minimum=0)
-        first_dense = cfg.int("first_k_dense_replace", default=0, minimum=0)
-        freq = cfg.int("moe_layer_freq", default=1)
+        experts = cfg.integer("n_routed_experts", default=0, minimum=0)
+        first_dense = cfg.integer("first_k_dense_replace", default=0, minimum=0)
+        freq = cfg.integer("moe_layer_freq", default=1)
         is_moe = [experts > 0 and i >= first_dense and i % freq == 0 for i in range(layers)]
         fields.update(_moe_layout(cfg, is_moe, experts, "first_k_dense_replace/moe_layer_freq"))
         if experts:
-            fields["num_shared_experts"] = cfg.int("n_shared_experts", default=0, minimum=0)
+            fields["num_shared_experts"] = cfg.integer("n_shared_experts", default=0, minimum=0)
             fields["router_bias"] = cfg.raw.get("topk_method") == "noaux_tc"  # e_score_correction_bias
     else:
-        fields["ffn_hidden"] = cfg.int("intermediate_size")
+        fields["ffn_hidden"] = cfg.integer("intermediate_size")
     return fields
 
 
 def _moe_layout(cfg: _Config, is_moe: list[bool], experts: int, keys: str) -> dict[str, Any]:
     """MoE fields for a per-layer MoE/dense pattern: all MoE, or leading dense layers then all MoE."""
     if not any(is_moe):
-        return {"ffn_hidden": cfg.int("intermediate_size")}
+        return {"ffn_hidden": cfg.integer("intermediate_size")}
     dense = is_moe.index(True)
     if not all(is_moe[dense:]):
         pattern = "".join("E" if m else "D" for m in is_moe)
@@ -229,11 +229,11 @@ def _moe_layout(cfg: _Config, is_moe: list[bool], experts: int, keys: str) -> di
             "D=dense, E=MoE); only leading dense layers followed by MoE layers can be planned"
         )
     return {
-        "ffn_hidden": cfg.int("intermediate_size") if dense else 0,  # 0: no dense MLP anywhere
+        "ffn_hidden": cfg.integer("intermediate_size") if dense else 0,  # 0: no dense MLP anywhere
         "num_dense_layers": dense,
         "num_experts": experts,
-        "moe_topk": cfg.int("num_experts_per_tok"),
-        "moe_ffn_hidden": cfg.int("moe_intermediate_size"),
+        "moe_topk": cfg.integer("num_experts_per_tok"),
+        "moe_ffn_hidden": cfg.integer("moe_intermediate_size"),
     }
 
 
@@ -246,9 +246,9 @@ def _layernorm_mha(cfg: _Config, hidden: int, heads: int, layers: int, ffn: int,
         "num_heads": heads,
         "num_kv_heads": heads,
         "head_dim": cfg.head_dim(hidden, heads),
-        "vocab": cfg.int("vocab_size"),
+        "vocab": cfg.integer("vocab_size"),
         "gated_mlp": False,
-        "tied_embeddings": cfg.bool("tie_word_embeddings", tied),
+        "tied_embeddings": cfg.flag("tie_word_embeddings", tied),
         "norm": "layernorm",
         "linear_bias": True,
         "dropout": cfg.dropout(),
@@ -256,15 +256,15 @@ def _layernorm_mha(cfg: _Config, hidden: int, heads: int, layers: int, ffn: int,
 
 
 def _gpt2(cfg: _Config) -> dict[str, Any]:
-    hidden = cfg.int("n_embd", "hidden_size")
-    fields = _layernorm_mha(cfg, hidden, cfg.int("n_head", "num_attention_heads"), cfg.int("n_layer", "num_hidden_layers"),
-                            cfg.int("n_inner", default=4 * hidden), tied=True)
-    return {**fields, "learned_positions": cfg.int("n_positions", "max_position_embeddings")}
+    hidden = cfg.integer("n_embd", "hidden_size")
+    fields = _layernorm_mha(cfg, hidden, cfg.integer("n_head", "num_attention_heads"), cfg.integer("n_layer", "num_hidden_layers"),
+                            cfg.integer("n_inner", default=4 * hidden), tied=True)
+    return {**fields, "learned_positions": cfg.integer("n_positions", "max_position_embeddings")}
 
 
 def _gpt_neox(cfg: _Config) -> dict[str, Any]:
-    return _layernorm_mha(cfg, cfg.int("hidden_size"), cfg.int("num_attention_heads"), cfg.int("num_hidden_layers"),
-                          cfg.int("intermediate_size"), tied=False)
+    return _layernorm_mha(cfg, cfg.integer("hidden_size"), cfg.integer("num_attention_heads"), cfg.integer("num_hidden_layers"),
+                          cfg.integer("intermediate_size"), tied=False)
 
 
 _OPT_POSITION_OFFSET = 2
@@ -272,39 +272,39 @@ _OPT_POSITION_OFFSET = 2
 
 
 def _opt(cfg: _Config) -> dict[str, Any]:
-    hidden = cfg.int("hidden_size")
-    proj = cfg.int("word_embed_proj_dim", default=hidden)
+    hidden = cfg.integer("hidden_size")
+    proj = cfg.integer("word_embed_proj_dim", default=hidden)
     if proj != hidden:
         raise cfg.error(
             f"word_embed_proj_dim={proj} differs from hidden_size={hidden} (OPT-350m style projected embeddings) "
             "and is not supported; use an OPT checkpoint whose word_embed_proj_dim equals hidden_size"
         )
-    fields = _layernorm_mha(cfg, hidden, cfg.int("num_attention_heads"), cfg.int("num_hidden_layers"),
-                            cfg.int("ffn_dim"), tied=True)
-    return {**fields, "linear_bias": cfg.bool("enable_bias", True),
-            "learned_positions": cfg.int("max_position_embeddings") + _OPT_POSITION_OFFSET}
+    fields = _layernorm_mha(cfg, hidden, cfg.integer("num_attention_heads"), cfg.integer("num_hidden_layers"),
+                            cfg.integer("ffn_dim"), tied=True)
+    return {**fields, "linear_bias": cfg.flag("enable_bias", True),
+            "learned_positions": cfg.integer("max_position_embeddings") + _OPT_POSITION_OFFSET}
 
 
 def _bloom(cfg: _Config) -> dict[str, Any]:
-    hidden = cfg.int("hidden_size", "n_embed")
-    fields = _layernorm_mha(cfg, hidden, cfg.int("n_head", "num_attention_heads"), cfg.int("n_layer", "num_hidden_layers"),
+    hidden = cfg.integer("hidden_size", "n_embed")
+    fields = _layernorm_mha(cfg, hidden, cfg.integer("n_head", "num_attention_heads"), cfg.integer("n_layer", "num_hidden_layers"),
                             4 * hidden, tied=True)
     return {**fields, "embedding_norm": True}
 
 
 def _nemotron(cfg: _Config) -> dict[str, Any]:
-    hidden = cfg.int("hidden_size")
-    heads = cfg.int("num_attention_heads")
+    hidden = cfg.integer("hidden_size")
+    heads = cfg.integer("num_attention_heads")
     return {
-        "num_layers": cfg.int("num_hidden_layers"),
+        "num_layers": cfg.integer("num_hidden_layers"),
         "hidden": hidden,
-        "ffn_hidden": cfg.int("intermediate_size"),
+        "ffn_hidden": cfg.integer("intermediate_size"),
         "num_heads": heads,
-        "num_kv_heads": cfg.int("num_key_value_heads", default=heads),
+        "num_kv_heads": cfg.integer("num_key_value_heads", default=heads),
         "head_dim": cfg.head_dim(hidden, heads, "head_dim", "kv_channels"),
-        "vocab": cfg.int("vocab_size"),
+        "vocab": cfg.integer("vocab_size"),
         "gated_mlp": False,  # squared-ReLU MLP, two matrices
-        "tied_embeddings": cfg.bool("tie_word_embeddings", False),
+        "tied_embeddings": cfg.flag("tie_word_embeddings", False),
         "norm": "layernorm",  # LayerNorm1P: gain and bias
         "dropout": cfg.dropout(),
         **_bias_fields(cfg),
