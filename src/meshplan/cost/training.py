@@ -12,7 +12,9 @@ below is a numpy column over the rows of a `StrategyTable`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
@@ -82,6 +84,34 @@ class TrainingCost:
     peak_memory_bytes: np.ndarray
     fits: np.ndarray
     provenance: dict[str, str] = field(default_factory=dict)
+
+    def take(self, rows: np.ndarray) -> TrainingCost:
+        """The rows selected by a boolean mask or an index array."""
+        return TrainingCost(**{f.name: _map_columns(getattr(self, f.name), lambda a: a[rows]) for f in fields(self)})
+
+    def concat(self, other: TrainingCost) -> TrainingCost:
+        """These rows followed by `other`'s."""
+        return TrainingCost(**{f.name: _zip_columns(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)})
+
+
+def _map_columns(value: Any, fn: Callable[[np.ndarray], np.ndarray]) -> Any:
+    if isinstance(value, np.ndarray):
+        return fn(value)
+    if isinstance(value, MemoryBreakdown):
+        return MemoryBreakdown(**{k: fn(getattr(value, k)) for k in MemoryBreakdown.__dataclass_fields__})
+    if isinstance(value, dict) and value and isinstance(next(iter(value.values())), np.ndarray):
+        return {k: fn(v) for k, v in value.items()}
+    return value  # provenance: the same for every row
+
+
+def _zip_columns(a: Any, b: Any) -> Any:
+    if isinstance(a, np.ndarray):
+        return np.concatenate([a, b])
+    if isinstance(a, MemoryBreakdown):
+        return MemoryBreakdown(**{k: np.concatenate([getattr(a, k), getattr(b, k)]) for k in MemoryBreakdown.__dataclass_fields__})
+    if isinstance(a, dict) and a and isinstance(next(iter(a.values())), np.ndarray):
+        return {k: np.concatenate([a[k], b[k]]) for k in a}
+    return a
 
 
 def _gemm_efficiency(m: np.ndarray, n: np.ndarray, k: np.ndarray, elem_bytes: float, peak: float,

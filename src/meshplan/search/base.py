@@ -49,6 +49,14 @@ class Ranked:
     def __len__(self) -> int:
         return len(self.table)
 
+    def take(self, rows: np.ndarray) -> Ranked:
+        return Ranked(self.table.take(rows), self.cost.take(rows), self.index[rows])
+
+    def concat(self, other: Ranked) -> Ranked:
+        table = StrategyTable(**{k: np.concatenate([getattr(self.table, k), getattr(other.table, k)])
+                                 for k in self.table.__dict__})
+        return Ranked(table, self.cost.concat(other.cost), np.concatenate([self.index, other.index]))
+
 
 @dataclass(frozen=True)
 class SearchResult:

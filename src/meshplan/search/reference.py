@@ -15,7 +15,7 @@ import numpy as np
 from meshplan.cost.training import training_cost
 from meshplan.errors import PlanError
 from meshplan.search.base import Ranked, SearchRequest, SearchResult, rank_order
-from meshplan.search.exhaustive import EXCEEDS_MEMORY, _concat, _take_cost
+from meshplan.search.exhaustive import EXCEEDS_MEMORY
 from meshplan.space import NOT_DIVIDING, build_axes, space_size
 from meshplan.strategy import RECOMPUTE_CODES, RULES, SCHEDULE_CODES, Strategy, StrategyTable, check_strategy
 
@@ -66,13 +66,13 @@ def search_reference(request: SearchRequest, every: int = 1) -> SearchResult:
             pruned[EXCEEDS_MEMORY] = pruned.get(EXCEEDS_MEMORY, 0) + 1
             continue
         num_fit += 1
-        found = _concat(found, Ranked(table, cost, np.array([index])))
+        one = Ranked(table, cost, np.array([index]))
+        found = one if found is None else found.concat(one)
     if found is None:
         none = StrategyTable.from_strategies([])
         ranked = Ranked(none, training_cost(request.model, request.cluster, request.workload, none, request.efficiency),
                         np.zeros(0, dtype=np.int64))
     else:
-        order = rank_order(found.cost, found.index, request.objective)[: request.top_k or None]
-        ranked = Ranked(found.table.take(order), _take_cost(found.cost, order), found.index[order])
+        ranked = found.take(rank_order(found.cost, found.index, request.objective)[: request.top_k or None])
     return SearchResult(request=request, ranked=ranked, space_size=space_size(axes), num_valid=num_valid,
                         num_fit=num_fit, pruned=pruned, seconds=time.perf_counter() - started, algorithm="reference")
