@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from meshplan.specs.catalog import load_model, model_catalog
 
 B = 1e9
