@@ -21,6 +21,17 @@ pytestmark = pytest.mark.multiprocess
 TOLERANCE = 1e-4  # relative, on every step's loss and gradient norm
 
 
+def _once_more_if_killed(run):  # type: ignore[no-untyped-def]
+    """gloo on this 2-core machine sporadically aborts a rank (SIGABRT, about 1 launch in 10, not reproducible on
+    demand); such a launch is retried once. Any other failure, or a second abort, fails the test."""
+    try:
+        return run()
+    except RunFailed as exc:
+        if "died (SIGABRT)" not in str(exc):
+            raise
+        return run()
+
+
 def _config(strategy: Strategy, moe: bool = False, **kw) -> RunConfig:
     spec = tiny_model(strategy, moe=moe)
     m = max(strategy.pp, 1)
@@ -51,7 +62,8 @@ def family_results() -> dict[str, object]:
     results: dict[str, object] = {}
     for nproc in sorted({s.num_gpus for s, _ in cases.values()}):
         names = [k for k, (s, _) in cases.items() if s.num_gpus == nproc]
-        ran = launch_many([_config(cases[k][0], moe=cases[k][1]) for k in names], nproc)
+        configs = [_config(cases[k][0], moe=cases[k][1]) for k in names]
+        ran = _once_more_if_killed(lambda configs=configs, nproc=nproc: launch_many(configs, nproc))
         results.update(zip(names, ran))
     return results
 
@@ -69,7 +81,7 @@ def test_loss_parity_with_one_process(family_results, name: str) -> None:
 
 
 def test_more_tensor_parallelism_means_less_memory_per_rank() -> None:
-    one = launch(_config(Strategy(dp=1, tp=2)), 2, reference=False)
+    one = _once_more_if_killed(lambda: launch(_config(Strategy(dp=1, tp=2)), 2, reference=False))
     four = launch(RunConfig(**{**_config(Strategy(dp=1, tp=2)).model_dump(), "strategy": Strategy(dp=1, tp=1)}), 1,
                   reference=False)
     resident = lambda r: max(x.memory["resident_bytes"] for x in r.ranks)  # noqa: E731
@@ -117,6 +129,8 @@ def test_meshplan_run_cli_executes_a_written_plan(tmp_path: Path) -> None:
                             "64", "--seq-len", "4096", "--tp", "2", "--pp", "2", "--no-cp", "--out", str(plan)])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["run", str(plan), "--model", "tiny", "--nproc", "4", "--steps", "2", "--json"])
+    if r.exit_code == 1 and "died (SIGABRT)" in r.stderr:  # see _once_more_if_killed
+        r = runner.invoke(app, ["run", str(plan), "--model", "tiny", "--nproc", "4", "--steps", "2", "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["world_size"] == 4 and out["config"]["strategy"]["tp"] == 2 and out["config"]["strategy"]["pp"] == 2

@@ -91,7 +91,12 @@ def _root_cause(stderr: str) -> str | None:
         return None
     what = re.search(r"what\(\):\s*(.+)", stderr)
     sig = signal.Signals(-int(code.group(1))).name if -int(code.group(1)) in signal.valid_signals() else code.group(1)
-    return f"rank {rank.group(1)} died ({sig})" + (f": {what.group(1).strip()}" if what else "")
+    if what:
+        detail = what.group(1).strip()
+    else:  # the last lines the ranks printed before torchrun's own report
+        lines = [line for line in stderr.split("Root Cause", 1)[0].splitlines() if line.strip() and "*****" not in line]
+        detail = " | ".join(lines[-3:])
+    return f"rank {rank.group(1)} died ({sig})" + (f": {detail}" if detail else "")
 
 
 def _failure(out: Path, world: int, returncode: int | None, stderr: str) -> str:

@@ -77,9 +77,6 @@ def _grad_norm(params: list[torch.nn.Parameter], pp_group: Any) -> float:
     return float(sq.sqrt())
 
 
-_MESHES: dict[tuple[int, int, int, str], Any] = {}
-
-
 def _progress(out: Path, rank: int, what: str) -> None:
     (out / f"rank{rank}.progress").write_text(what)
 
@@ -92,10 +89,9 @@ def run_rank(cfg: RunConfig, out: Path) -> dict[str, Any]:
     if use_cuda:
         torch.cuda.set_device(device)
     check_runnable(cfg.model, s, cfg.global_batch, cfg.seq_len)
-    key = (s.pp, s.dp, s.tp, device.type)
-    if key not in _MESHES:  # one set of process groups per layout, reused by later configs of a batch
-        _MESHES[key] = build_mesh(s, device.type)
-    mesh = _MESHES[key]
+    # Fresh process groups for every config of a batch: a message a pipeline schedule leaves in flight at the end
+    # of one config must not be read by the next config's collective on the same pair of ranks.
+    mesh = build_mesh(s, device.type)
     pp_rank, dp_rank = mesh["pp"].get_local_rank(), mesh["dp"].get_local_rank()
     model = build_model(cfg.model, cfg.seed).to(device)
     stages = stage_modules(model, s, pp_rank) if s.pp > 1 else [(0, model)]
@@ -210,6 +206,7 @@ def main(argv: list[str]) -> int:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend, timeout=timedelta(seconds=max(c.timeout_s for c in configs)))
         for i, cfg in enumerate(configs):
+            dist.barrier()
             result = run_rank(cfg, out)
             gathered: list[Any] = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, result)
