@@ -159,7 +159,8 @@ def _reference(cfg: RunConfig) -> tuple[list[float], list[float]]:
 def launch_many(configs: list[RunConfig], nproc: int, *, reference: bool = True,
                 timeout_s: float | None = None) -> list[RunResult]:
     """Run several configs of the same process count one after another in one torchrun launch (one start-up
-    instead of many); a failure of any stops the launch and is reported with its config."""
+    instead of many); a failure of any stops the launch and is reported with its config. With the environment
+    variable MESHPLAN_RUN_STDERR set to a path, a failed launch's whole stderr is kept there."""
     for cfg in configs:
         _check(cfg, nproc)
     refs = [_reference(cfg) if reference else None for cfg in configs]
@@ -183,6 +184,8 @@ def launch_many(configs: list[RunConfig], nproc: int, *, reference: bool = True,
             _kill(proc)
         done = [out / f"result-{i}.json" for i in range(len(configs))]
         if proc.returncode != 0 or not all(p.exists() for p in done):
+            if os.environ.get("MESHPLAN_RUN_STDERR"):  # keep the launch's whole stderr for a post-mortem
+                Path(os.environ["MESHPLAN_RUN_STDERR"]).write_text(stderr)
             failed_at = next(i for i, p in enumerate(done + [None]) if p is None or not p.exists())
             which = f" (config {failed_at + 1} of {len(configs)}: {configs[failed_at].strategy.label()})" \
                 if len(configs) > 1 and failed_at < len(configs) else ""
