@@ -18,12 +18,10 @@ step time / GPUs, or from the published TFLOP/s divided by the FLOPs per token *
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
+from meshplan.calibrate.csvdata import published_rows
 from meshplan.errors import PlanError
 from meshplan.specs.catalog import load_gpu
 from meshplan.specs.cluster import ClusterSpec, make_cluster
@@ -438,13 +436,9 @@ def _load_row(row: dict[str, str]) -> PublishedRun | SkippedRow:
 
 def load_published_runs(path: Path | None = None) -> tuple[list[PublishedRun], list[SkippedRow]]:
     """The published runs of `path` (default: the CSV shipped in `meshplan/data/published/`), and the skipped rows."""
-    if path is None:
-        text = (resources.files("meshplan") / "data" / "published" / "training-runs.csv").read_text(encoding="utf-8")
-    else:
-        text = Path(path).read_text(encoding="utf-8")
     runs: list[PublishedRun] = []
     skipped: list[SkippedRow] = []
-    for row in csv.DictReader(io.StringIO(text)):
+    for row in published_rows("training-runs.csv", path):
         result = _load_row(row)
         (runs if isinstance(result, PublishedRun) else skipped).append(result)  # type: ignore[arg-type]
     return runs, skipped

@@ -39,14 +39,12 @@ note starts 'APPROX model' (the preset overstates those layers' KV cache and att
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import re
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
+from meshplan.calibrate.csvdata import published_rows
 from meshplan.errors import PlanError
 from meshplan.specs.catalog import load_gpu, model_catalog
 from meshplan.specs.gpu import GpuSpec
@@ -422,13 +420,9 @@ def load_published_serving_runs(
     path: Path | None = None,
 ) -> tuple[list[PublishedServingRun], list[SkippedServingRow]]:
     """The serving runs of `path` (default: the CSV shipped in `meshplan/data/published/`), and the skipped rows."""
-    if path is None:
-        text = (resources.files("meshplan") / "data" / "published" / "serving-runs.csv").read_text(encoding="utf-8")
-    else:
-        text = Path(path).read_text(encoding="utf-8")
     runs: list[PublishedServingRun] = []
     skipped: list[SkippedServingRow] = []
-    for row in csv.DictReader(io.StringIO(text)):
+    for row in published_rows("serving-runs.csv", path):
         result = _load_row(row)
         if isinstance(result, PublishedServingRun):
             runs.append(result)
