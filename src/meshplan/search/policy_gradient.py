@@ -1,0 +1,69 @@
+"""REINFORCE (Williams 1992) over non-uniform plans, as in the device-placement work (Mirhoseini et al. 2017).
+
+The policy is a product of independent categorical distributions, all logits learned: one over the base
+strategies (the per-axis choice of dp, tp, pp, ... among the candidates), and for each base one per stage
+boundary (its offset from the even split) and one per layer (its recomputation). Each iteration samples a batch
+of plans, prices them in one cost-model call, and moves the logits along the score-function gradient
+∇ log π(plan) · advantage, the advantage being the batch-standardised reward (the batch mean as the baseline).
+Reward: tokens/s relative to the best plan seen so far when the plan fits, minus its memory overflow ratio
+when it does not. The logits start at zero (a uniform policy): nothing of the uniform plans is given to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from meshplan.cost.nonuniform import NUM_OPTIONS
+from meshplan.search.encoding import PlanSpace, Tracker
+
+
+@dataclass(frozen=True)
+class PolicyGradientOptions:
+    batch: int = 64
+    evaluations: int = 20_000
+    """Budget: plans priced in all."""
+    learning_rate: float = 0.5
+    seed: int = 0
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def _sample(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One draw per row of a [..., options] probability array (inverse CDF)."""
+    u = rng.random(probs.shape[:-1] + (1,))
+    return np.minimum((np.cumsum(probs, axis=-1) < u).sum(axis=-1), probs.shape[-1] - 1)
+
+
+def _onehot(choice: np.ndarray, options: int) -> np.ndarray:
+    return (choice[..., None] == np.arange(options)).astype(np.float64)
+
+
+def search_policy_gradient(space: PlanSpace, options: PolicyGradientOptions = PolicyGradientOptions()) -> Tracker:
+    rng = np.random.default_rng(options.seed)
+    tracker = Tracker()
+    bases, cuts, layers, width = len(space.tables), space.num_cuts, space.num_layers, 2 * space.max_offset + 1
+    base_logits = np.zeros(bases)
+    cut_logits = np.zeros((bases, cuts, width))
+    rec_logits = np.zeros((bases, layers, NUM_OPTIONS))
+    n = options.batch
+    best_tps = 0.0
+    while tracker.evaluations + n <= options.evaluations:
+        p_base = _softmax(base_logits)
+        base = _sample(np.broadcast_to(p_base, (n, bases)), rng)
+        p_cut, p_rec = _softmax(cut_logits[base]), _softmax(rec_logits[base])  # [n, cuts, width], [n, layers, 3]
+        cut_choice, rec_choice = _sample(p_cut, rng), _sample(p_rec, rng)
+        fit, tps = space.fitness(base, cut_choice - space.max_offset, rec_choice, tracker)
+        best_tps = max(best_tps, float(tps.max()))
+        reward = np.where(tps > 0, tps / max(best_tps, 1e-30), fit)
+        advantage = (reward - reward.mean()) / (reward.std() + 1e-9)
+        lr = options.learning_rate / n
+        # ∂ log softmax(z)[c] / ∂z = onehot(c) - softmax(z), for each categorical factor
+        base_logits += lr * ((_onehot(base, bases) - p_base) * advantage[:, None]).sum(axis=0)
+        np.add.at(cut_logits, base, lr * (_onehot(cut_choice, width) - p_cut) * advantage[:, None, None])
+        np.add.at(rec_logits, base, lr * (_onehot(rec_choice, NUM_OPTIONS) - p_rec) * advantage[:, None, None])
+    return tracker
