@@ -3,7 +3,7 @@
 The policy is a product of independent categorical distributions, all logits learned: one over the base
 strategies (the per-axis choice of dp, tp, pp, ... among the candidates), and for each base one per stage
 boundary (its offset from the even split) and one per layer (its recomputation). Each iteration samples a batch
-of plans, prices them in one cost-model call, and moves the logits along the score-function gradient
+of plans, prices them in one cost-model call, and moves the logits (by Adam) along the score-function gradient
 ∇ log π(plan) · advantage, the advantage being the batch-standardised reward (the batch mean as the baseline).
 Reward: tokens/s relative to the best plan seen so far when the plan fits, minus its memory overflow ratio
 when it does not. The logits start at zero (a uniform policy): nothing of the uniform plans is given to it.
@@ -24,8 +24,23 @@ class PolicyGradientOptions:
     batch: int = 64
     evaluations: int = 20_000
     """Budget: plans priced in all."""
-    learning_rate: float = 0.5
+    learning_rate: float = 0.1
+    """Adam step size on the logits (Kingma & Ba 2015; beta1 0.9, beta2 0.999)."""
     seed: int = 0
+
+
+class _Adam:
+    """Adam ascent on one logit array."""
+
+    def __init__(self, shape: tuple[int, ...], lr: float) -> None:
+        self.m, self.v, self.t, self.lr = np.zeros(shape), np.zeros(shape), 0, lr
+
+    def step(self, param: np.ndarray, grad: np.ndarray) -> None:
+        self.t += 1
+        self.m = 0.9 * self.m + 0.1 * grad
+        self.v = 0.999 * self.v + 0.001 * grad**2
+        m_hat, v_hat = self.m / (1 - 0.9**self.t), self.v / (1 - 0.999**self.t)
+        param += self.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -51,6 +66,7 @@ def search_policy_gradient(space: PlanSpace, options: PolicyGradientOptions = Po
     cut_logits = np.zeros((bases, cuts, width))
     rec_logits = np.zeros((bases, layers, NUM_OPTIONS))
     n = options.batch
+    adam = [_Adam(x.shape, options.learning_rate) for x in (base_logits, cut_logits, rec_logits)]
     best_tps = 0.0
     while tracker.evaluations + n <= options.evaluations:
         p_base = _softmax(base_logits)
@@ -61,9 +77,11 @@ def search_policy_gradient(space: PlanSpace, options: PolicyGradientOptions = Po
         best_tps = max(best_tps, float(tps.max()))
         reward = np.where(tps > 0, tps / max(best_tps, 1e-30), fit)
         advantage = (reward - reward.mean()) / (reward.std() + 1e-9)
-        lr = options.learning_rate / n
-        # ∂ log softmax(z)[c] / ∂z = onehot(c) - softmax(z), for each categorical factor
-        base_logits += lr * ((_onehot(base, bases) - p_base) * advantage[:, None]).sum(axis=0)
-        np.add.at(cut_logits, base, lr * (_onehot(cut_choice, width) - p_cut) * advantage[:, None, None])
-        np.add.at(rec_logits, base, lr * (_onehot(rec_choice, NUM_OPTIONS) - p_rec) * advantage[:, None, None])
+        # ∂ log softmax(z)[c] / ∂z = onehot(c) - softmax(z), for each categorical factor; mean over the batch
+        g_base = ((_onehot(base, bases) - p_base) * advantage[:, None]).sum(axis=0) / n
+        g_cut, g_rec = np.zeros_like(cut_logits), np.zeros_like(rec_logits)
+        np.add.at(g_cut, base, (_onehot(cut_choice, width) - p_cut) * advantage[:, None, None] / n)
+        np.add.at(g_rec, base, (_onehot(rec_choice, NUM_OPTIONS) - p_rec) * advantage[:, None, None] / n)
+        for opt, param, grad in ((adam[0], base_logits, g_base), (adam[1], cut_logits, g_cut), (adam[2], rec_logits, g_rec)):
+            opt.step(param, grad)
     return tracker
