@@ -44,6 +44,13 @@ from meshplan.strategy import RECOMPUTE_CODES, Strategy, StrategyTable
 NUM_OPTIONS = len(RECOMPUTE_CODES)  # none, selective, full (codes 0, 1, 2)
 FULL_CODE = RECOMPUTE_CODES.index("full")
 LEADING, MAIN = 0, 1  # layer kinds: leading dense layers of an MoE model, and the rest
+# Relative tolerance of the memory check: a plan a DP puts exactly on the limit must not fail it because the
+# pricing sums the same bytes in another order.
+FIT_TOLERANCE = 1e-9
+
+
+def fits(peak_bytes: np.ndarray | float, limit_bytes: float) -> np.ndarray:
+    return np.asarray(peak_bytes) <= limit_bytes * (1.0 + FIT_TOLERANCE)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from meshplan.cost.nonuniform import LayerCostTable, price, uniform_bounds
+from meshplan.cost.nonuniform import LayerCostTable, fits, price, uniform_bounds
 from meshplan.errors import PlanError
 from meshplan.search.nonuniform import NonUniformPlan, plan_of
 
@@ -74,9 +74,9 @@ class PlanSpace:
             even = uniform_bounds(table.num_layers, table.num_stages)
             bounds = repair_bounds(even, offsets[rows, : table.num_stages - 1], table.num_layers)
             p = price(table, bounds, recompute[rows])
-            over = p.peak_bytes / self.memory_limit_bytes
-            tps[rows] = np.where(over <= 1.0, p.tokens_per_s, 0.0)
-            fit[rows] = np.where(over <= 1.0, p.tokens_per_s, -over)
+            ok = fits(p.peak_bytes, self.memory_limit_bytes)
+            tps[rows] = np.where(ok, p.tokens_per_s, 0.0)
+            fit[rows] = np.where(ok, p.tokens_per_s, -p.peak_bytes / self.memory_limit_bytes)
         tracker.evaluations += len(base)
         i = int(np.argmax(fit))
         if fit[i] > tracker.best_fitness:

@@ -21,14 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from meshplan.cost.nonuniform import FULL_CODE, LEADING, NUM_OPTIONS, LayerCostTable, price
+from meshplan.cost.nonuniform import FULL_CODE, LEADING, NUM_OPTIONS, LayerCostTable, fits, price
 from meshplan.search.stage_dp import partition_min_sum, partition_table
 from meshplan.strategy import RECOMPUTE_CODES, Strategy
 
 NONE_CODE, SELECTIVE_CODE = RECOMPUTE_CODES.index("none"), RECOMPUTE_CODES.index("selective")
-# Slack on the memory limit inside the DP (relative): the pricing sums bytes in another order, so a plan the DP
-# puts exactly on the limit must not come out a few bytes over it.
-LIMIT_SLACK = 1e-12
 
 
 @dataclass(frozen=True)
@@ -89,7 +86,7 @@ def stage_choices(table: LayerCostTable, memory_limit_bytes: float) -> StageChoi
     """Closed-form per-stage recomputation for every count of layers (see the module docstring)."""
     n, stages = table.num_layers, table.num_stages
     nd = int((table.kind == LEADING).sum())
-    budget = memory_limit_bytes * (1.0 - LIMIT_SLACK) - table.edge_bytes()
+    budget = memory_limit_bytes - table.edge_bytes()
     k = np.arange(n + 1)[:, None].astype(np.float64)  # main layers on the stage
     f = np.arange(n + 1)[None, :].astype(np.float64)  # of which fully recomputed
     t_lead, t_main = table.time_s[LEADING], table.time_s[1]
@@ -204,8 +201,8 @@ def brute_force(table: LayerCostTable, memory_limit_bytes: float) -> NonUniformP
     bounds = np.repeat(splits, len(options), axis=0)
     recompute = np.tile(options, (len(splits), 1))
     p = price(table, bounds, recompute)
-    fits = p.peak_bytes <= memory_limit_bytes
-    if not fits.any():
+    ok = fits(p.peak_bytes, memory_limit_bytes)
+    if not ok.any():
         return None
-    best = int(np.argmin(np.where(fits, p.step_time_s, np.inf)))
+    best = int(np.argmin(np.where(ok, p.step_time_s, np.inf)))
     return plan_of(table, bounds[best], recompute[best])

@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 
-from meshplan.cost.nonuniform import NUM_OPTIONS, LayerCostTable, layer_cost_table
+from meshplan.cost.nonuniform import NUM_OPTIONS, LayerCostTable, fits, layer_cost_table
 from meshplan.search.base import SearchRequest, SearchResult
 from meshplan.search.encoding import PlanSpace, Tracker
 from meshplan.search.exhaustive import search_exhaustive
@@ -75,7 +75,7 @@ def candidate_tables(request: SearchRequest, max_bases: int = DEFAULT_BASES
 
 
 def _best(plans: list[NonUniformPlan | None], limit: float) -> NonUniformPlan | None:
-    fitting = [p for p in plans if p is not None and p.peak_bytes <= limit]
+    fitting = [p for p in plans if p is not None and fits(p.peak_bytes, limit)]
     return max(fitting, key=lambda p: p.tokens_per_s) if fitting else None
 
 
