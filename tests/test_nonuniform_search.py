@@ -52,8 +52,8 @@ def test_policy_gradient_reaches_the_dp_optimum(seed: int, limit: float) -> None
 
 
 def _request(model: str, gpus: int, batch: int, seq: int, **pins: int):  # type: ignore[no-untyped-def]
-    req = parse_plan_request(dict(model=model, gpu="H100-SXM", num_gpus=[gpus], global_batch=batch, seq_len=seq,
-                                  constraints=pins))
+    req = parse_plan_request({"model": model, "gpu": "H100-SXM", "num_gpus": [gpus], "global_batch": batch,
+                              "seq_len": seq, "constraints": pins})
     return search_requests(req)[0]
 
 

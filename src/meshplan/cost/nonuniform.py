@@ -94,6 +94,9 @@ class LayerCostTable:
     def num_stages(self) -> int:
         return len(self.in_flight)
 
+    def price(self, bounds: np.ndarray, recompute: np.ndarray) -> PricedPlans:
+        return price(self, bounds, recompute)
+
     def layer_time_s(self) -> np.ndarray:
         """[layer, option] seconds."""
         return self.time_s[self.kind]

@@ -6,6 +6,7 @@ and data parallelism (`fully_shard`, `DistributedDataParallel`, or a plain gradi
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +28,7 @@ from meshplan.strategy import Strategy
 
 
 def check_runnable(spec: ModelSpec, s: Strategy, global_batch: int, seq_len: int,
-                   stage_layers: list[int] | None = None, layer_recompute: list[str] | None = None) -> None:
+                   stage_layers: list[int] | None = None, layer_recompute: Sequence[str] | None = None) -> None:
     """What this executor (torch 2.13 on CPU/GPU) cannot run, refused up front with the reason."""
     if stage_layers is not None and (len(stage_layers) != s.pp or s.vpp != 1 or min(stage_layers) < 1
                                      or sum(stage_layers) != spec.num_layers):
@@ -149,7 +150,7 @@ def apply_tensor_parallel(module: Decoder, tp_mesh: DeviceMesh, sp: bool) -> Non
         _parallelize(block, tp_mesh, _block_plan(block, sp))  # type: ignore[arg-type]
 
 
-def apply_checkpointing(module: Decoder, recompute: str, per_layer: list[str] | None = None) -> None:
+def apply_checkpointing(module: Decoder, recompute: str, per_layer: Sequence[str] | None = None) -> None:
     """Full: checkpoint every block (after TP, so the wrapper sees the sharded block). Selective: only the
     attention core (QKᵀ, softmax, ·V), Korthikanti et al. 2022. `per_layer` (indexed by the global layer
     number) overrides `recompute` layer by layer."""

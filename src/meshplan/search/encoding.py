@@ -10,13 +10,14 @@ the memory limit get a negative fitness, the further over the lower.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from meshplan.cost.nonuniform import LayerCostTable, fits, price, uniform_bounds
+from meshplan.cost.nonuniform import fits, uniform_bounds
 from meshplan.errors import PlanError
-from meshplan.search.nonuniform import NonUniformPlan, plan_of
+from meshplan.search.nonuniform import NonUniformPlan, Pricer, plan_of
 
 
 def repair_bounds(even: np.ndarray, offsets: np.ndarray, num_layers: int) -> np.ndarray:
@@ -44,7 +45,7 @@ class Tracker:
 
 @dataclass(frozen=True)
 class PlanSpace:
-    tables: list[LayerCostTable]
+    tables: Sequence[Pricer]
     memory_limit_bytes: float
     max_offset: int
     """Offsets range over -max_offset .. max_offset layers."""
@@ -73,7 +74,7 @@ class PlanSpace:
             table = self.tables[int(b)]
             even = uniform_bounds(table.num_layers, table.num_stages)
             bounds = repair_bounds(even, offsets[rows, : table.num_stages - 1], table.num_layers)
-            p = price(table, bounds, recompute[rows])
+            p = table.price(bounds, recompute[rows])
             ok = fits(p.peak_bytes, self.memory_limit_bytes)
             tps[rows] = np.where(ok, p.tokens_per_s, 0.0)
             fit[rows] = np.where(ok, p.tokens_per_s, -p.peak_bytes / self.memory_limit_bytes)

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from meshplan.cost.nonuniform import FULL_CODE, LEADING, NUM_OPTIONS, LayerCostTable, fits, price
+from meshplan.cost.nonuniform import FULL_CODE, LEADING, NUM_OPTIONS, LayerCostTable, PricedPlans, fits
 from meshplan.search.stage_dp import partition_min_sum, partition_table
-from meshplan.strategy import RECOMPUTE_CODES, Strategy
+from meshplan.strategy import RECOMPUTE_CODES, Recompute, Strategy
 
 NONE_CODE, SELECTIVE_CODE = RECOMPUTE_CODES.index("none"), RECOMPUTE_CODES.index("selective")
 
@@ -52,19 +53,34 @@ class NonUniformPlan:
     def bottleneck_stage(self) -> int:
         return int(np.argmax(self.stage_time_s))
 
-    def recompute_names(self) -> list[str]:
+    def recompute_names(self) -> list[Recompute]:
         return [RECOMPUTE_CODES[c] for c in self.recompute]
 
 
-def plan_of(table: LayerCostTable, bounds: np.ndarray | tuple[int, ...], recompute: np.ndarray | tuple[int, ...]
+class Pricer(Protocol):
+    """What prices plans of one base: a `LayerCostTable`, or a heterogeneous one (`search.hetero`)."""
+
+    @property
+    def strategy(self) -> Strategy: ...
+
+    @property
+    def num_layers(self) -> int: ...
+
+    @property
+    def num_stages(self) -> int: ...
+
+    def price(self, bounds: np.ndarray, recompute: np.ndarray) -> PricedPlans: ...
+
+
+def plan_of(table: Pricer, bounds: np.ndarray | tuple[int, ...], recompute: np.ndarray | tuple[int, ...]
             ) -> NonUniformPlan:
-    p = price(table, np.asarray(bounds)[None], np.asarray(recompute)[None])
+    p = table.price(np.asarray(bounds)[None], np.asarray(recompute)[None])
     return NonUniformPlan(table.strategy, tuple(int(b) for b in bounds), tuple(int(r) for r in recompute),
                           float(p.step_time_s[0]), float(p.tokens_per_s[0]), float(p.peak_bytes[0]),
                           tuple(map(float, p.stage_time_s[0])), tuple(map(float, p.stage_bytes[0])))
 
 
-def uniform_plan(table: LayerCostTable, recompute_code: int) -> NonUniformPlan:
+def uniform_plan(table: Pricer, recompute_code: int) -> NonUniformPlan:
     """The uniform plan of the base strategy: the even split of `cost.stages`, one recomputation for all layers."""
     from meshplan.cost.nonuniform import uniform_bounds
 
@@ -151,17 +167,25 @@ def solve_dp(table: LayerCostTable, memory_limit_bytes: float) -> DpSolution:
     """The exact best non-uniform plan of one base strategy (None when nothing fits)."""
     choices = stage_choices(table, memory_limit_bytes)
     cost = stage_cost_tensor(table, choices)
-    stages, n = table.num_stages, table.num_layers
-    cells = stages * (n + 1) ** 2
+    found = best_split(cost, table.num_microbatches)
+    if found is None:
+        return DpSolution(None, cost.size)
+    bounds, passes = found
+    return DpSolution(plan_of(table, bounds, recompute_of(table, choices, bounds)), cost.size * passes)
+
+
+def best_split(cost: np.ndarray, num_microbatches: float) -> tuple[tuple[int, ...], int] | None:
+    """The split minimising m · slowest + (S-1)/S · total stage time over a [stage, i, j] cost tensor, exactly:
+    (bounds, DP passes spent), or None when no split fits."""
+    stages = cost.shape[0]
     found = partition_table(cost)
     if found is None:
-        return DpSolution(None, cells)
-    m, c = table.num_microbatches, (stages - 1) / stages
+        return None
+    m, c = num_microbatches, (stages - 1) / stages
     least_total = partition_min_sum(cost, np.inf)
-    assert least_total is not None
-    bounds, slowest = found
+    _, slowest = found
     at_cap = partition_min_sum(cost, slowest)
-    assert at_cap is not None
+    assert least_total is not None and at_cap is not None
     best_bounds, best_obj = at_cap[0], m * slowest + c * at_cap[1]
     passes = 3
     limit = slowest + c * (at_cap[1] - least_total[1]) / m
@@ -177,14 +201,17 @@ def solve_dp(table: LayerCostTable, memory_limit_bytes: float) -> DpSolution:
         obj = m * slow + c * found_cap[1]
         if obj < best_obj:
             best_bounds, best_obj = found_cap[0], obj
-    return DpSolution(plan_of(table, best_bounds, _recompute_of(table, choices, best_bounds)), cells * passes)
+    return best_bounds, passes
 
 
-def _recompute_of(table: LayerCostTable, choices: StageChoices, bounds: tuple[int, ...]) -> np.ndarray:
+def recompute_of(table: LayerCostTable, choices: StageChoices, bounds: tuple[int, ...],
+                 stages: set[int] | None = None) -> np.ndarray:
     """Per-layer codes that realise each stage's chosen counts (layers of a kind are interchangeable)."""
     d_of, k_of = _interval_counts(table)
     out = np.full(table.num_layers, NONE_CODE)
-    for s, (i, j) in enumerate(zip(bounds, bounds[1:])):
+    for s, (i, j) in enumerate(itertools.pairwise(bounds)):
+        if stages is not None and s not in stages:
+            continue
         d, k = int(d_of[i, j]), int(k_of[i, j])
         fd, sd, fm, am = (int(x) for x in choices.counts[s, d, k])
         lead = [FULL_CODE] * fd + [SELECTIVE_CODE] * sd + [NONE_CODE] * (d - fd - sd)
@@ -193,14 +220,14 @@ def _recompute_of(table: LayerCostTable, choices: StageChoices, bounds: tuple[in
     return out
 
 
-def brute_force(table: LayerCostTable, memory_limit_bytes: float) -> NonUniformPlan | None:
+def brute_force(table: Pricer, memory_limit_bytes: float) -> NonUniformPlan | None:
     """Every split and every per-layer recomputation (3^L · C(L-1, pp-1) plans: tests only)."""
     n, stages = table.num_layers, table.num_stages
     splits = np.array([(0, *cuts, n) for cuts in itertools.combinations(range(1, n), stages - 1)])
     options = np.array(list(itertools.product(range(NUM_OPTIONS), repeat=n)))
     bounds = np.repeat(splits, len(options), axis=0)
     recompute = np.tile(options, (len(splits), 1))
-    p = price(table, bounds, recompute)
+    p = table.price(bounds, recompute)
     ok = fits(p.peak_bytes, memory_limit_bytes)
     if not ok.any():
         return None
