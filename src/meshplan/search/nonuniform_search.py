@@ -14,6 +14,7 @@ the same bases priced by the same per-layer model (even split, one recomputation
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -24,7 +25,7 @@ from meshplan.search.base import SearchRequest, SearchResult
 from meshplan.search.encoding import PlanSpace, Tracker
 from meshplan.search.exhaustive import search_exhaustive
 from meshplan.search.genetic import GeneticOptions, search_genetic
-from meshplan.search.nonuniform import NonUniformPlan, solve_dp, uniform_plan
+from meshplan.search.nonuniform import NonUniformPlan, Pricer, solve_dp, uniform_plan
 from meshplan.search.policy_gradient import PolicyGradientOptions, search_policy_gradient
 from meshplan.strategy import Strategy
 
@@ -109,7 +110,7 @@ def search_nonuniform(request: SearchRequest, algorithm: Algorithm = "dp", max_b
                             time.perf_counter() - started, tracker.history, [t.strategy for t in tables])
 
 
-def plan_space(tables: list[LayerCostTable], limit: float) -> PlanSpace:
+def plan_space(tables: Sequence[Pricer], limit: float) -> PlanSpace:
     """The shared encoding over these bases: boundaries move up to one even stage's layers (at least 2)."""
     smallest = min(t.num_stages for t in tables)
     return PlanSpace(tables, limit, max_offset=max(2, int(np.ceil(tables[0].num_layers / max(smallest, 1)))))
