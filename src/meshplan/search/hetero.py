@@ -103,7 +103,7 @@ class HeteroTable:
 
     def label(self) -> str:
         counts = np.bincount(self.group_of_stage, minlength=len(self.names))
-        return " + ".join(f"{n} x{c} stages" for n, c in zip(self.names, counts))
+        return " + ".join(f"{c} stage{'s' if c > 1 else ''} on {n}" for n, c in zip(self.names, counts))
 
 
 def hetero_table(model: ModelSpec, clusters: list[ClusterSpec], workload: TrainWorkload, base: Strategy,
