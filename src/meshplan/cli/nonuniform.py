@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -15,26 +14,16 @@ from rich.table import Table
 from meshplan.cli.render import GB, print_tables
 from meshplan.errors import PlanError
 from meshplan.planning import PlanRequest, search_requests
-from meshplan.search.nonuniform import NonUniformPlan
+from meshplan.search.nonuniform import NonUniformPlan, runs_label
 from meshplan.search.nonuniform_search import ALGORITHMS
 
 SEARCHES = ("exhaustive", *ALGORITHMS, "all")
 
 
-def _runs(values: list[Any]) -> str:
-    """[7, 8, 8, 8, 7] -> '7, 8x3, 7'."""
-    return ", ".join(f"{k}x{n}" if (n := len(list(g))) > 1 else str(k) for k, g in groupby(values))
-
-
-def _recompute_counts(names: list[str]) -> str:
-    """'none 124, full 2'."""
-    return ", ".join(f"{r} {names.count(r)}" for r in ("none", "selective", "full") if names.count(r))
-
-
 def _row(plan: NonUniformPlan, uniform: NonUniformPlan | None) -> dict[str, Any]:
     return {
         "strategy": plan.strategy.label(), "layers_per_stage": list(plan.layers_per_stage),
-        "recompute": plan.recompute_names(), "tokens_per_s": plan.tokens_per_s, "step_time_s": plan.step_time_s,
+        "recompute": plan.recompute_names(), "recompute_counts": plan.recompute_label(), "tokens_per_s": plan.tokens_per_s, "step_time_s": plan.step_time_s,
         "peak_memory_bytes": plan.peak_bytes, "slowest_stage": plan.bottleneck_stage,
         "gain_over_uniform": plan.tokens_per_s / uniform.tokens_per_s - 1.0 if uniform is not None else None,
     }
@@ -112,10 +101,10 @@ def _print(request: PlanRequest, rows: list[dict[str, Any]], uniform: NonUniform
         gain = "" if r["gain_over_uniform"] is None else f"{r['gain_over_uniform']:+.1%}"
         strategy = r["strategy"] + (f" ({r['groups']})" if r["groups"] else "")
         table.add_row(r["algorithm"], f"{r['evaluations']:,}", f"{r['seconds']:.2f} s", escape(strategy),
-                      _runs(r["layers_per_stage"]), _recompute_counts(r["recompute"]), f"{r['tokens_per_s']:,.0f}",
+                      runs_label(r["layers_per_stage"]), r["recompute_counts"], f"{r['tokens_per_s']:,.0f}",
                       gain, f"{r['peak_memory_bytes'] / GB:.1f}", f"stage {r['slowest_stage']}")
     print_tables([table], console)
     if uniform is not None:
         console.print(f"best uniform plan of the same bases (even split, one recomputation): "
-                      f"{escape(uniform.strategy.label())}, layers {_runs(list(uniform.layers_per_stage))}, "
-                      f"recompute {_recompute_counts(list(uniform.recompute_names()))}, {uniform.tokens_per_s:,.0f} tokens/s", highlight=False)
+                      f"{escape(uniform.strategy.label())}, layers {uniform.layers_label()}, "
+                      f"recompute {uniform.recompute_label()}, {uniform.tokens_per_s:,.0f} tokens/s", highlight=False)

@@ -30,7 +30,7 @@ class GeneticOptions:
     seed: int = 0
 
 
-def _initial(space: PlanSpace, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def initial_population(space: PlanSpace, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     bases = len(space.tables)
     base = rng.integers(bases, size=n)
     offsets = rng.integers(-space.max_offset, space.max_offset + 1, size=(n, space.num_cuts))
@@ -45,7 +45,7 @@ def search_genetic(space: PlanSpace, options: GeneticOptions = GeneticOptions())
     rng = np.random.default_rng(options.seed)
     tracker = Tracker()
     n, cuts, layers, bases = options.population, space.num_cuts, space.num_layers, len(space.tables)
-    base, offsets, recompute = _initial(space, rng, n)
+    base, offsets, recompute = initial_population(space, rng, n)
     fit, _ = space.fitness(base, offsets, recompute, tracker)
     rows = np.arange(n)
     while tracker.evaluations + n <= options.evaluations:

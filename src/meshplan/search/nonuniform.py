@@ -56,6 +56,20 @@ class NonUniformPlan:
     def recompute_names(self) -> list[Recompute]:
         return [RECOMPUTE_CODES[c] for c in self.recompute]
 
+    def layers_label(self) -> str:
+        """'7, 8x14, 7'."""
+        return runs_label(list(self.layers_per_stage))
+
+    def recompute_label(self) -> str:
+        """'none 124, full 2'."""
+        names = self.recompute_names()
+        return ", ".join(f"{r} {names.count(r)}" for r in RECOMPUTE_CODES if names.count(r))
+
+
+def runs_label(values: list[int]) -> str:
+    """[7, 8, 8, 8, 7] -> '7, 8x3, 7'."""
+    return ", ".join(f"{k}x{n}" if (n := len(list(g))) > 1 else str(k) for k, g in itertools.groupby(values))
+
 
 class Pricer(Protocol):
     """What prices plans of one base: a `LayerCostTable`, or a heterogeneous one (`search.hetero`)."""
