@@ -82,6 +82,20 @@ def test_non_uniform_405b_plan_prices_what_the_search_found() -> None:
     assert plan.strategy.recompute == "none"  # the most common per-layer choice
 
 
+def test_plan_of_mostly_recomputed_layers_reprices_as_searched() -> None:
+    # ZeRO-3's exposed gather time depends on the recomputation of the strategy it is priced with; the plan's
+    # strategy shows the most common per-layer choice (full) but is priced as the search priced it.
+    model, cluster = load_model("llama-3.1-70b"), make_cluster(load_gpu("H100-SXM"), 512)
+    request = SearchRequest(model=model, cluster=cluster, workload=TrainWorkload(global_batch=1024, seq_len=4096),
+                            efficiency=default_efficiency())
+    table = layer_cost_table(model, cluster, request.workload, Strategy(dp=16, tp=8, pp=4, zero=3),
+                             request.efficiency)
+    found = plan_of(table, (0, 20, 40, 60, 80), [2] * 70 + [0] * 10)
+    plan = to_plan(found, request, {})
+    assert plan.strategy.recompute == "full" and plan.estimate.strategy == plan.strategy
+    assert plan.estimate.tokens_per_s == pytest.approx(found.tokens_per_s, rel=1e-12)
+
+
 @pytest.mark.multiprocess
 def test_meshplan_run_executes_uneven_stages_with_loss_parity(tmp_path: Path) -> None:
     pytest.importorskip("torch")

@@ -76,9 +76,12 @@ def estimate_of(table: LayerCostTable, bounds: np.ndarray, recompute: np.ndarray
 
 def layout_estimate(model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkload, strategy: Strategy,
                     layout: StageLayout, eff: Efficiency) -> Estimate:
-    table = layer_cost_table(model, cluster, workload, strategy, eff)
+    """The estimate of a plan with a layout, priced as the search priced it: from the base strategy without
+    recomputation (the layout says what each layer recomputes)."""
+    table = layer_cost_table(model, cluster, workload, strategy.model_copy(update={"recompute": "none"}), eff)
     codes = np.array([RECOMPUTE_CODES.index(r) for r in layout.recompute])
-    return estimate_of(table, _bounds(layout), codes, model, cluster, workload, eff)
+    est = estimate_of(table, _bounds(layout), codes, model, cluster, workload, eff)
+    return est.model_copy(update={"strategy": strategy})
 
 
 def to_plan(plan: NonUniformPlan, request: SearchRequest, search: dict[str, object]) -> Plan:
