@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nonuniform_tables import synthetic_table
 
 from meshplan.cost.efficiency import default_efficiency
-from meshplan.cost.nonuniform import LayerCostTable, fits, in_flight_per_stage, layer_cost_table, price, uniform_bounds
+from meshplan.cost.nonuniform import LayerCostTable, fits, layer_cost_table, price, uniform_bounds
 from meshplan.cost.stages import stage_layers
 from meshplan.cost.training import training_cost
 from meshplan.errors import PlanError
@@ -21,25 +22,6 @@ from meshplan.specs.catalog import load_gpu
 from meshplan.specs.cluster import make_cluster
 from meshplan.specs.workload import TrainWorkload
 from meshplan.strategy import RECOMPUTE_CODES, Strategy, StrategyTable
-
-
-def synthetic_table(rng: np.random.Generator, layers: int, pp: int, leading: int = 0, m: float | None = None,
-                    edges: bool = True) -> LayerCostTable:
-    """A random but well-formed table: recomputation costs time and saves memory, as in the real model."""
-    kind = np.ones(layers, dtype=np.int64)
-    kind[:leading] = 0
-    s = Strategy(dp=1, pp=pp)
-    m = float(rng.integers(pp, 3 * pp + 1)) if m is None else m
-    e = 1.0 if edges else 0.0
-    return LayerCostTable(
-        strategy=s, kind=kind,
-        time_s=np.sort(rng.uniform(0.5, 2.0, (2, 3)), axis=1),
-        act_bytes=-np.sort(-rng.uniform(0.0, 3.0, (2, 3)), axis=1),
-        state_bytes=rng.uniform(0.0, 2.0, 2), working_bytes=float(rng.uniform(0.0, 2.0)),
-        first_time_s=e * float(rng.uniform(0, 1)), last_time_s=e * float(rng.uniform(0, 2)),
-        first_bytes=e * float(rng.uniform(0, 2)), last_bytes=e * float(rng.uniform(0, 2)), fixed_bytes=0.5,
-        in_flight=in_flight_per_stage(s, m), num_microbatches=m, other_s=0.1, tokens_per_step=1000.0)
-
 
 CASES = [  # model, GPUs, strategy, global batch, sequence
     ("llama-3.1-8b", 64, Strategy(dp=8, tp=2, pp=4), 512, 4096),

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nonuniform_tables import synthetic_table
 
 from meshplan.cost.nonuniform import fits
 from meshplan.errors import PlanError
@@ -13,7 +14,6 @@ from meshplan.planning import parse_plan_request, search_requests
 from meshplan.search.hetero import HeteroTable, group_clusters, parse_gpu_groups, search_hetero, solve_hetero_dp
 from meshplan.search.nonuniform import brute_force
 from meshplan.strategy import Strategy
-from tests.test_nonuniform import synthetic_table
 
 
 def test_parse_gpu_groups() -> None:

@@ -99,9 +99,10 @@ def test_plan_of_mostly_recomputed_layers_reprices_as_searched() -> None:
 @pytest.mark.multiprocess
 def test_meshplan_run_executes_uneven_stages_with_loss_parity(tmp_path: Path) -> None:
     pytest.importorskip("torch")
+    from test_run_parity import TOLERANCE, _once_more_if_killed
+
     from meshplan.run.launch import launch
     from meshplan.run.plan_run import config_from_plan
-    from tests.test_run_parity import TOLERANCE, _once_more_if_killed
 
     path = tmp_path / "plan.json"
     write_plan(_plan(), path)

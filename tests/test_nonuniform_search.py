@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from nonuniform_tables import synthetic_table
 
 from meshplan.planning import parse_plan_request, search_requests
 from meshplan.search.genetic import GeneticOptions, search_genetic
 from meshplan.search.nonuniform import solve_dp
 from meshplan.search.nonuniform_search import plan_space, search_nonuniform
 from meshplan.search.policy_gradient import PolicyGradientOptions, search_policy_gradient
-from tests.test_nonuniform import synthetic_table
 
 # Small instances: 8 layers (2 leading dense), three bases with 2, 3 and 4 stages, a memory limit that binds.
 # The joint space is 3^8 recomputations x (7 + 21 + 35) splits = 413,343 plans; the DP's optimum is exact.
