@@ -25,6 +25,9 @@ def test_all_searches_as_json_and_the_plan_file(tmp_path: Path) -> None:
     dp = data["results"][0]
     assert dp["gain_over_uniform"] >= 0 and sum(dp["layers_per_stage"]) == 32
     assert all(row["tokens_per_s"] <= dp["tokens_per_s"] * (1 + 1e-12) for row in data["results"])  # DP is exact
+    for row in data["results"]:  # the best objective over time: rising, ending at the reported best
+        best_over_time = [h["tokens_per_s"] for h in row["history"]]
+        assert best_over_time == sorted(best_over_time) and best_over_time[-1] == row["tokens_per_s"]
     plan = read_plan(out)
     assert plan.layout is not None and plan.layout.layers_per_stage == dp["layers_per_stage"]
     assert reprice(plan).tokens_per_s == pytest.approx(dp["tokens_per_s"], rel=1e-12)

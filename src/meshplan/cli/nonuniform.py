@@ -55,15 +55,17 @@ def plan_nonuniform(request: PlanRequest, search: str, out: Path | None, as_json
             h = search_hetero(whole, group_clusters(groups, request.gpus_per_node), algorithm,
                               cross_bytes_per_s=cross_group_gbps * 1e9 if cross_group_gbps else None)
             best, uniform, evaluations, seconds = h.best, h.best_uniform, h.evaluations, h.seconds
-            where = h.best_table.label() if h.best_table is not None else ""
+            where, history = (h.best_table.label() if h.best_table is not None else ""), h.history
         else:
             from meshplan.search.nonuniform_search import search_nonuniform
 
             single = search_requests(request)[0]
             r = search_nonuniform(single, algorithm)  # type: ignore[arg-type]
             best, uniform, evaluations, seconds, where = r.best, r.best_uniform, r.evaluations, r.seconds, ""
+            history = r.history
         row = {"algorithm": algorithm, "evaluations": evaluations, "seconds": seconds, "groups": where,
-               **(_row(best, uniform) if best is not None else {})}
+               **(_row(best, uniform) if best is not None else {}),
+               "history": [{"evaluations": e, "seconds": t, "tokens_per_s": v} for e, t, v in history]}
         rows.append(row)
         if best is not None and (best_overall is None or best.tokens_per_s > best_overall[0].tokens_per_s * (1 + 1e-12)):
             best_overall = (best, algorithm)
