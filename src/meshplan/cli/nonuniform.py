@@ -74,7 +74,9 @@ def plan_nonuniform(request: PlanRequest, search: str, out: Path | None, as_json
     else:
         _print(request, rows, uniform)
     if best_overall is None:
-        Console(stderr=True).print("[red]no non-uniform plan fits[/red]", highlight=False)
+        Console(stderr=True).print("[red]no non-uniform plan fits[/red]: the candidate bases are the uniform plans "
+                                   "that fit; `meshplan plan` without --search says what would make one fit",
+                                   highlight=False)
         sys.exit(1)
     if out is not None:
         if hetero:
