@@ -11,16 +11,25 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import ValidationError, model_validator
 
 from meshplan.cost.efficiency import Efficiency
 from meshplan.errors import PlanError
 from meshplan.estimator import Estimate
 from meshplan.specs import ClusterSpec, ModelSpec, TrainWorkload
 from meshplan.specs.base import Frozen
-from meshplan.strategy import Strategy
+from meshplan.strategy import Recompute, Strategy
 
 PLAN_SCHEMA_VERSION = 1
+
+
+class StageLayout(Frozen):
+    """A non-uniform plan: its own number of layers on each pipeline stage and its own recomputation per layer."""
+
+    layers_per_stage: list[int]
+    """Layers of each stage, first stage first (they add up to the model's layers)."""
+    recompute: list[Recompute]
+    """Recomputation of each layer, in model order (the strategy's own `recompute` is then not used)."""
 
 
 class Plan(Frozen):
@@ -40,6 +49,22 @@ class Plan(Frozen):
     estimate: Estimate
     search: dict[str, Any] = {}
     """How the plan was found: algorithm, objective, strategies enumerated / valid / fitting, rank."""
+    layout: StageLayout | None = None
+    """Per-stage layers and per-layer recomputation of a non-uniform plan; None: the even split of `cost.stages`
+    and the strategy's recomputation for every layer (plans written before this field read as such)."""
+
+    @model_validator(mode="after")
+    def _check_layout(self) -> Plan:
+        lay, s = self.layout, self.strategy
+        if lay is None:
+            return self
+        if s.vpp != 1 or len(lay.layers_per_stage) != s.pp or min(lay.layers_per_stage) < 1:
+            raise PlanError(f"layout: {len(lay.layers_per_stage)} stages {lay.layers_per_stage} for pp={s.pp}, "
+                            f"vpp={s.vpp}; give one positive layer count per stage, with vpp 1")
+        if sum(lay.layers_per_stage) != self.model.num_layers or len(lay.recompute) != self.model.num_layers:
+            raise PlanError(f"layout: {sum(lay.layers_per_stage)} layers in stages and {len(lay.recompute)} "
+                            f"recomputation entries for a model of {self.model.num_layers} layers; they must match")
+        return self
 
 
 def write_plan(plan: Plan, path: Path) -> None:
@@ -69,12 +94,16 @@ def read_plan(path: Path) -> Plan:
 
 
 def reprice(plan: Plan) -> Estimate:
-    """Price a plan again from its own specs, strategy and efficiency factors."""
+    """Price a plan again from its own specs, strategy, layout and efficiency factors."""
     from meshplan.cost.training import training_cost
     from meshplan.estimator import estimate_from_cost
     from meshplan.strategy import StrategyTable, check_strategy
 
     check_strategy(plan.strategy, plan.model, plan.cluster, plan.workload)
+    if plan.layout is not None:
+        from meshplan.search.nonuniform_plan import layout_estimate
+
+        return layout_estimate(plan.model, plan.cluster, plan.workload, plan.strategy, plan.layout, plan.efficiency)
     table = StrategyTable.from_strategies([plan.strategy])
     cost = training_cost(plan.model, plan.cluster, plan.workload, table, plan.efficiency)
     return estimate_from_cost(cost, 0, plan.model, plan.cluster, plan.workload, table)

@@ -169,6 +169,9 @@ def plan_cmd(
     explain: Annotated[bool, Opt("--explain", help="Why the winner beats the runners-up, term by term.")] = False,
     out: Annotated[Optional[Path], Opt(help="Write the winning plan to this JSON file.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print the ranked plans as JSON.")] = False,
+    search: Annotated[str, Opt(help="exhaustive (uniform plans), or non-uniform stages and per-layer "
+                                    "recomputation: dp, genetic, policy-gradient, all.")] = "exhaustive",
+    cross_group_gbps: Annotated[Optional[float], Opt(help="Link between device groups of --gpu A:n,B:m, GB/s per GPU.")] = None,
 ) -> None:
     """Search every parallel strategy and rank those that fit."""
     missing = [flag for flag, v in [("--model", model), ("--gpu", gpu), ("--num-gpus", num_gpus),
@@ -195,6 +198,10 @@ def plan_cmd(
             target_tokens_per_s=target_tokens_per_s, memory_headroom=memory_headroom, top_k=top_k,
             train_tokens=parse_count(train_tokens, "--train-tokens") if train_tokens else None,
             gpu_hour_price=gpu_hour_price))
+        if search != "exhaustive" or ":" in str(gpu):
+            from meshplan.cli.nonuniform import plan_nonuniform
+
+            return plan_nonuniform(request, "dp" if search == "exhaustive" else search, out, as_json, cross_group_gbps)
         results = _run_with_progress(run_plan, request)
         chosen = choose(request, results)
     except PlanError as exc:

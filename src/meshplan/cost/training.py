@@ -222,16 +222,50 @@ def _layer_times(ctx: _Ctx, t: StrategyTable, moe: bool) -> dict[str, np.ndarray
     return {"fwd": fwd, "recompute": recompute, "tp_comm": tp_comm, "cp_comm": cp_comm, "ep_comm": ep_comm}
 
 
+def _context(model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkload, eff: Efficiency) -> _Ctx:
+    gpu = cluster.gpu
+    peak_bf16 = gpu.peak("fp16" if workload.precision == "fp16" else "bf16")
+    gemm_eff, _ = eff.gemm_for(gpu)
+    low = workload.precision == "fp8"
+    return _Ctx(model, workload, cluster, eff, Links.of(cluster, eff), gemm_eff, peak_bf16,
+                gpu.peak("fp8") if low else peak_bf16, gemm_eff * (eff.fp8_ratio if low else 1.0), 1.0 if low else 2.0)
+
+
+@dataclass(frozen=True)
+class LayerTimes:
+    """One micro-batch through one layer of each kind, and through the model's edges (seconds, one per row)."""
+
+    layer_s: dict[str, np.ndarray]
+    """Per kind ("dense", "moe" where present): forward+backward compute, recomputation and collectives."""
+    head_s: np.ndarray
+    """LM head forward+backward GEMM."""
+    edge_comm_s: np.ndarray
+    """Vocab-parallel embedding (first stage) or LM-head (last stage) all-reduce, each."""
+
+
+def layer_times(model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkload, t: StrategyTable,
+                eff: Efficiency) -> LayerTimes:
+    """The per-layer terms `training_cost` sums into a stage, kept apart by layer kind (for non-uniform plans)."""
+    ctx = _context(model, cluster, workload, eff)
+    tokens = workload.seq_len / t.cp * t.micro_batch
+    kinds = ([("dense", False)] if model.num_mlp_dense_layers else []) + ([("moe", True)] if model.is_moe else [])
+    out = {}
+    for name, moe in kinds:
+        p = _layer_times(ctx, t, moe=moe)
+        # Backward costs twice the forward (Narayanan et al. 2021 eq. 3).
+        out[name] = 3.0 * p["fwd"] + p["recompute"] + p["tp_comm"] + p["cp_comm"] + p["ep_comm"]
+    head = 3.0 * _gemm_time(ctx, [F.lm_head_gemm(model)], tokens, t, False)
+    edge = all_reduce_time(tokens * model.hidden * ACT_BYTES, t.tp, np.ones(len(t)), ctx.links)
+    return LayerTimes(out, head, edge)
+
+
 def training_cost(model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkload, t: StrategyTable,
                   eff: Efficiency) -> TrainingCost:
     """Predict step time, throughput, MFU and memory for every row of `t` (rows are assumed valid)."""
     gpu = cluster.gpu
-    peak_bf16 = gpu.peak("fp16" if workload.precision == "fp16" else "bf16")
+    ctx = _context(model, cluster, workload, eff)
     gemm_eff, eff_source = eff.gemm_for(gpu)
     peak_precision = gpu.peak(workload.precision)
-    low = workload.precision == "fp8"
-    ctx = _Ctx(model, workload, cluster, eff, Links.of(cluster, eff), gemm_eff, peak_bf16,
-               gpu.peak("fp8") if low else peak_bf16, gemm_eff * (eff.fp8_ratio if low else 1.0), 1.0 if low else 2.0)
     n = len(t)
     m = num_microbatches(t, workload).astype(float)
     tokens = workload.seq_len / t.cp * t.micro_batch

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from meshplan.specs.base import Frozen
 from meshplan.specs.model import ModelSpec
-from meshplan.strategy import Strategy
+from meshplan.strategy import Recompute, Strategy
 
 
 class Fault(Frozen):
@@ -39,3 +39,7 @@ class RunConfig(Frozen):
     check_parity: bool = True
     """Record the global gradient norm each step (for parity; its cost is left out of the step time)."""
     fault: Fault | None = None
+    stage_layers: list[int] | None = None
+    """Layers of each pipeline stage (a non-uniform plan's layout); None: the even split."""
+    layer_recompute: list[Recompute] | None = None
+    """Recomputation of each layer (a non-uniform plan's layout); None: the strategy's for every layer."""

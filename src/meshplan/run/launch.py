@@ -147,7 +147,7 @@ def _check(cfg: RunConfig, nproc: int, joined: bool = False) -> None:
     if nproc > MAX_LOCAL_PROCESSES and not joined:
         raise PlanError(f"--nproc {nproc} exceeds {MAX_LOCAL_PROCESSES} processes on one machine; "
                         "launch it across nodes with torchrun, or use fewer ranks")
-    check_runnable(cfg.model, s, cfg.global_batch, cfg.seq_len)
+    check_runnable(cfg.model, s, cfg.global_batch, cfg.seq_len, cfg.stage_layers, cfg.layer_recompute)
 
 
 def _reference(cfg: RunConfig) -> tuple[list[float], list[float]]:

@@ -6,6 +6,7 @@ and data parallelism (`fully_shard`, `DistributedDataParallel`, or a plain gradi
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,8 +27,16 @@ from meshplan.specs.model import ModelSpec
 from meshplan.strategy import Strategy
 
 
-def check_runnable(spec: ModelSpec, s: Strategy, global_batch: int, seq_len: int) -> None:
+def check_runnable(spec: ModelSpec, s: Strategy, global_batch: int, seq_len: int,
+                   stage_layers: list[int] | None = None, layer_recompute: Sequence[str] | None = None) -> None:
     """What this executor (torch 2.13 on CPU/GPU) cannot run, refused up front with the reason."""
+    if stage_layers is not None and (len(stage_layers) != s.pp or s.vpp != 1 or min(stage_layers) < 1
+                                     or sum(stage_layers) != spec.num_layers):
+        raise PlanError(f"stage layers {stage_layers} do not split {spec.num_layers} layers into pp={s.pp} non-empty "
+                        "stages (vpp 1); give one count per stage adding up to the model's layers")
+    if layer_recompute is not None and len(layer_recompute) != spec.num_layers:
+        raise PlanError(f"{len(layer_recompute)} per-layer recomputation entries for {spec.num_layers} layers; "
+                        "give one per layer")
     if s.cp > 1:
         raise PlanError(f"cp={s.cp}: context parallelism is not run by meshplan's executor (PyTorch's "
                         "experimental context_parallel needs CUDA SDPA kernels); plan with --no-cp")
@@ -66,10 +75,16 @@ def chunk_layers(num_layers: int, num_chunks: int) -> list[list[int]]:
     return out
 
 
-def stage_modules(model: Decoder, s: Strategy, pp_rank: int) -> list[tuple[int, Decoder]]:
-    """(stage index, module) for the model chunks of this pipeline rank (looped: rank r holds r, r+pp, ...)."""
+def stage_modules(model: Decoder, s: Strategy, pp_rank: int,
+                  stage_layers: list[int] | None = None) -> list[tuple[int, Decoder]]:
+    """(stage index, module) for the model chunks of this pipeline rank (looped: rank r holds r, r+pp, ...);
+    `stage_layers` gives each stage its own number of layers (uneven `PipelineStage`s are allowed)."""
     num_stages = s.pp * s.vpp
-    chunks = chunk_layers(len(model.layers), num_stages)
+    if stage_layers is None:
+        chunks = chunk_layers(len(model.layers), num_stages)
+    else:
+        starts = [sum(stage_layers[:k]) for k in range(len(stage_layers))]
+        chunks = [list(range(a, a + n)) for a, n in zip(starts, stage_layers)]
     out = []
     for k in range(s.vpp):
         index = pp_rank + k * s.pp
@@ -135,17 +150,18 @@ def apply_tensor_parallel(module: Decoder, tp_mesh: DeviceMesh, sp: bool) -> Non
         _parallelize(block, tp_mesh, _block_plan(block, sp))  # type: ignore[arg-type]
 
 
-def apply_checkpointing(module: Decoder, recompute: str) -> None:
+def apply_checkpointing(module: Decoder, recompute: str, per_layer: Sequence[str] | None = None) -> None:
     """Full: checkpoint every block (after TP, so the wrapper sees the sharded block). Selective: only the
-    attention core (QKᵀ, softmax, ·V), Korthikanti et al. 2022."""
-    if recompute == "full":
-        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+    attention core (QKᵀ, softmax, ·V), Korthikanti et al. 2022. `per_layer` (indexed by the global layer
+    number) overrides `recompute` layer by layer."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-        for name in list(module.layers.keys()):
+    for name in list(module.layers.keys()):
+        option = recompute if per_layer is None else per_layer[int(name)]
+        if option == "full":
             module.layers[name] = checkpoint_wrapper(module.layers[name])
-    elif recompute == "selective":
-        for block in module.layers.values():
-            block.attention.checkpoint_core = True  # type: ignore[union-attr]
+        elif option == "selective":
+            module.layers[name].attention.checkpoint_core = True  # type: ignore[union-attr]
 
 
 @dataclass

@@ -16,11 +16,12 @@ from meshplan.strategy import Strategy, check_strategy
 DEFAULT_SEQ_LEN = 64  # tokens: what a small stand-in model trains on when --model overrides the plan's
 
 
-def tiny_model(strategy: Strategy, moe: bool = False) -> ModelSpec:
-    """A small Llama-style model sized so that any layout fits it: KV heads >= tp, layers >= pp·vpp."""
+def tiny_model(strategy: Strategy, moe: bool = False, num_layers: int | None = None) -> ModelSpec:
+    """A small Llama-style model sized so that any layout fits it: KV heads >= tp, layers >= pp·vpp (or exactly
+    `num_layers`, for a non-uniform plan's layout)."""
     kv = max(2, strategy.tp)
     heads = 2 * kv
-    layers = max(4, strategy.pp * strategy.vpp)
+    layers = num_layers or max(4, strategy.pp * strategy.vpp)
     spec: dict[str, Any] = dict(name="tiny-moe" if moe else "tiny", num_layers=layers, hidden=16 * heads, num_heads=heads,
                 num_kv_heads=kv, head_dim=16, vocab=256, gated_mlp=True, tied_embeddings=False,
                 ffn_hidden=0 if moe else 32 * heads)
@@ -48,7 +49,8 @@ def config_from_plan(path: Path, *, model: str | None, nproc: int | None, steps:
     if model is None:
         spec = plan.model
     elif model in ("tiny", "tiny-moe"):
-        spec = tiny_model(s, moe=model == "tiny-moe")
+        layers = plan.model.num_layers if plan.layout is not None else None  # the layout keeps its layers
+        spec = tiny_model(s, moe=model == "tiny-moe", num_layers=layers)
     else:
         spec = load_model(model)
     if model is not None:
@@ -69,6 +71,16 @@ def config_from_plan(path: Path, *, model: str | None, nproc: int | None, steps:
     cluster = plan.cluster.model_copy(update={"num_gpus": s.num_gpus,
                                               "gpus_per_node": min(plan.cluster.gpus_per_node, s.num_gpus)})
     check_strategy(s, spec, cluster, TrainWorkload(global_batch=batch, seq_len=seq))
-    check_runnable(spec, s, batch, seq)
-    cfg = RunConfig(model=spec, strategy=s, global_batch=batch, seq_len=seq, steps=steps, timeout_s=timeout_s)
+    lay = plan.layout
+    if lay is not None and spec.num_layers != plan.model.num_layers:
+        raise PlanError(f"the plan's layout splits {plan.model.num_layers} layers but --model {model} has "
+                        f"{spec.num_layers}; run the plan's own model or --model tiny (which keeps the layers)")
+    if lay is not None:
+        notes.append(f"non-uniform layout: layers per stage {lay.layers_per_stage}, "
+                     f"{sum(r != 'none' for r in lay.recompute)} of {len(lay.recompute)} layers recomputed")
+    stage_layers = list(lay.layers_per_stage) if lay is not None else None
+    layer_recompute = list(lay.recompute) if lay is not None else None
+    check_runnable(spec, s, batch, seq, stage_layers, layer_recompute)
+    cfg = RunConfig(model=spec, strategy=s, global_batch=batch, seq_len=seq, steps=steps, timeout_s=timeout_s,
+                    stage_layers=stage_layers, layer_recompute=layer_recompute)
     return cfg, notes

@@ -88,19 +88,19 @@ def run_rank(cfg: RunConfig, out: Path) -> dict[str, Any]:
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
-    check_runnable(cfg.model, s, cfg.global_batch, cfg.seq_len)
+    check_runnable(cfg.model, s, cfg.global_batch, cfg.seq_len, cfg.stage_layers, cfg.layer_recompute)
     # Fresh process groups for every config of a batch: a message a pipeline schedule leaves in flight at the end
     # of one config must not be read by the next config's collective on the same pair of ranks.
     mesh = build_mesh(s, device.type)
     pp_rank, dp_rank = mesh["pp"].get_local_rank(), mesh["dp"].get_local_rank()
     model = build_model(cfg.model, cfg.seed).to(device)
-    stages = stage_modules(model, s, pp_rank) if s.pp > 1 else [(0, model)]
+    stages = stage_modules(model, s, pp_rank, cfg.stage_layers) if s.pp > 1 else [(0, model)]
     del model
     modules = []
     for _, module in stages:
         if s.tp > 1:
             apply_tensor_parallel(module, mesh["tp"], s.sequence_parallel)
-        apply_checkpointing(module, s.recompute)
+        apply_checkpointing(module, s.recompute, cfg.layer_recompute)
         modules.append(apply_data_parallel(module, s, mesh))
     params = [p for dp in modules for p in dp.module.parameters()]
     has_dtensor = any(hasattr(p, "to_local") for p in params)

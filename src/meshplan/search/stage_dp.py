@@ -6,8 +6,10 @@ fast as possible, with every stage inside its memory. Here stage s of S holds, u
 S - s micro-batches (Narayanan et al. 2021, §2.2.1), so later stages can take more layers; the first stage
 also runs the embedding and the last the LM head and the loss.
 
-`partition` is the pure kernel: f[s][j] = min over i of max(f[s-1][i], time(i..j on stage s)) subject to
-memory(i..j on stage s) <= limit, vectorised over i and j with prefix sums — O(S·L²) work in S numpy steps.
+`partition_table` is the pure kernel: f[s][j] = min over i of max(f[s-1][i], cost(i..j on stage s)) over a
+precomputed [stage, i, j] cost tensor (inf where a stage would break its memory limit), vectorised over i and j —
+O(S·L²) work in S numpy steps; `partition_min_sum` is its companion for the total. `partition` builds the
+tensor from per-layer costs with prefix sums; `search.nonuniform` builds it with per-layer recomputation.
 `partition_brute_force` enumerates every split and is the oracle of the tests.
 """
 
@@ -77,6 +79,58 @@ def _prefix(x: np.ndarray) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(np.asarray(x, dtype=np.float64))])
 
 
+def stage_cost_tensor(c: LayerCosts, num_stages: int, memory_limit_bytes: float) -> np.ndarray:
+    """[stage, i, j]: time of layers i..j-1 on that stage, inf where empty or over the memory limit."""
+    n = len(c.time_s)
+    t, st, act = _prefix(c.time_s), _prefix(c.state_bytes), _prefix(c.activation_bytes)
+    i_idx, j_idx = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")  # [i, j]
+    out = np.full((num_stages, n + 1, n + 1), np.inf)
+    for s in range(num_stages):
+        time, memory = _stage_cost(c, num_stages, s, i_idx, j_idx, t, st, act)
+        out[s] = np.where((i_idx < j_idx) & (memory <= memory_limit_bytes), time, np.inf)
+    return out
+
+
+def partition_table(cost: np.ndarray) -> tuple[tuple[int, ...], float] | None:
+    """The pure min-max kernel over a precomputed [stage, i, j] cost tensor (inf: not allowed): the contiguous split
+    of the n = cost.shape[-1] - 1 layers with the smallest slowest stage, as (bounds, slowest); None if none.
+
+    f[s][j] = min over i of max(f[s-1][i], cost[s-1, i, j]), vectorised over i and j: S numpy steps of O(n²)."""
+    num_stages, n = cost.shape[0], cost.shape[-1] - 1
+    f = np.full((num_stages + 1, n + 1), np.inf)  # f[s, j]: best bottleneck with the first j layers on s stages
+    arg = np.zeros((num_stages + 1, n + 1), dtype=np.int64)
+    f[0, 0] = 0.0
+    for s in range(num_stages):
+        candidate = np.maximum(f[s][:, None], cost[s])  # [i, j]
+        f[s + 1] = candidate.min(axis=0)
+        arg[s + 1] = candidate.argmin(axis=0)
+    if not np.isfinite(f[num_stages, n]):
+        return None
+    return _backtrack(arg, num_stages, n), float(f[num_stages, n])
+
+
+def partition_min_sum(cost: np.ndarray, cap: float) -> tuple[tuple[int, ...], float] | None:
+    """The split with the smallest total stage cost, every stage at most `cap`: (bounds, total); None if none."""
+    num_stages, n = cost.shape[0], cost.shape[-1] - 1
+    g = np.full((num_stages + 1, n + 1), np.inf)
+    arg = np.zeros((num_stages + 1, n + 1), dtype=np.int64)
+    g[0, 0] = 0.0
+    for s in range(num_stages):
+        candidate = g[s][:, None] + np.where(cost[s] <= cap, cost[s], np.inf)
+        g[s + 1] = candidate.min(axis=0)
+        arg[s + 1] = candidate.argmin(axis=0)
+    if not np.isfinite(g[num_stages, n]):
+        return None
+    return _backtrack(arg, num_stages, n), float(g[num_stages, n])
+
+
+def _backtrack(arg: np.ndarray, num_stages: int, n: int) -> tuple[int, ...]:
+    bounds = [n]
+    for s in range(num_stages, 0, -1):
+        bounds.append(int(arg[s, bounds[-1]]))
+    return tuple(bounds[::-1])
+
+
 def partition(c: LayerCosts, num_stages: int, memory_limit_bytes: float) -> Partition:
     """The split of the layers into `num_stages` contiguous, non-empty stages with the smallest slowest stage,
     every stage within `memory_limit_bytes`; `PlanError` (with the shortfall) when no split fits."""
@@ -84,28 +138,13 @@ def partition(c: LayerCosts, num_stages: int, memory_limit_bytes: float) -> Part
     if not 1 <= num_stages <= n:
         raise PlanError(f"num_stages={num_stages} must be between 1 and the number of layers ({n})")
     t, st, act = _prefix(c.time_s), _prefix(c.state_bytes), _prefix(c.activation_bytes)
-    inf = np.inf
-    f = np.full((num_stages + 1, n + 1), inf)  # f[s, j]: best bottleneck with the first j layers on s stages
-    arg = np.zeros((num_stages + 1, n + 1), dtype=np.int64)
-    f[0, 0] = 0.0
-    i_idx, j_idx = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")  # [i, j]
-    nonempty = i_idx < j_idx
-    for s in range(num_stages):
-        time, memory = _stage_cost(c, num_stages, s, i_idx, j_idx, t, st, act)
-        candidate = np.maximum(f[s][:, None], time)  # [i, j]
-        candidate = np.where(nonempty & (memory <= memory_limit_bytes), candidate, inf)
-        f[s + 1] = candidate.min(axis=0)
-        arg[s + 1] = candidate.argmin(axis=0)
-    if not np.isfinite(f[num_stages, n]):
+    found = partition_table(stage_cost_tensor(c, num_stages, memory_limit_bytes))
+    if found is None:
         short = _least_excess(c, num_stages, t, st, act) - memory_limit_bytes
         raise PlanError(f"no split of {n} layers into {num_stages} stages fits {memory_limit_bytes / 1e9:.2f} GB per "
                         f"stage: the best split still needs {short / 1e9:.2f} GB more on its fullest stage; "
                         "use more stages, recomputation or more memory")
-    bounds = [n]
-    for s in range(num_stages, 0, -1):
-        bounds.append(int(arg[s, bounds[-1]]))
-    bounds = bounds[::-1]
-    return _describe(c, num_stages, tuple(bounds), t, st, act)
+    return _describe(c, num_stages, found[0], t, st, act)
 
 
 def _least_excess(c: LayerCosts, num_stages: int, t: np.ndarray, st: np.ndarray, act: np.ndarray) -> float:
