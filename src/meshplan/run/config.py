@@ -39,3 +39,6 @@ class RunConfig(Frozen):
     check_parity: bool = True
     """Record the global gradient norm each step (for parity; its cost is left out of the step time)."""
     fault: Fault | None = None
+    module_plan: dict[str, Literal["col", "row", "rep"]] | None = None
+    """Per-module layout along the tp axis from `meshplan shard` (module name -> column / row / replicated);
+    None: the Megatron layout of `strategy.tp`."""

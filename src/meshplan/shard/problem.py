@@ -46,6 +46,8 @@ class GroupVars:
     time_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
     weight_bytes: np.ndarray = field(default_factory=lambda: np.zeros(0))
     act_bytes: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    reshard_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """Resharding inside the group (a member reading another member in a layout it cannot take), all copies."""
 
     @property
     def num_strategies(self) -> int:
@@ -143,6 +145,7 @@ def build_problem(graph: OpGraph, mesh: LogicalMesh, *, merge: bool = True,
         g.time_s = count * (extra + np.array([sum(g.costs[m][i].time_s for m in g.members) for i in range(k)]))
         g.weight_bytes = count * np.array([sum(g.costs[m][i].weight_bytes for m in g.members) for i in range(k)])
         g.act_bytes = count * np.array([sum(g.costs[m][i].act_bytes for m in g.members) for i in range(k)])
+        g.reshard_s = count * extra
         groups.append(g)
     index = {g.leader: i for i, g in enumerate(groups)}
 
@@ -166,6 +169,7 @@ def build_problem(graph: OpGraph, mesh: LogicalMesh, *, merge: bool = True,
         use = Use(consumer, i, producer, count)
         if gp == gc:  # a copy's output read by the next copy of the same group: both take the same strategy
             groups[gp].time_s = groups[gp].time_s + count * np.diag(matrix)
+            groups[gp].reshard_s = groups[gp].reshard_s + count * np.diag(matrix)
             self_uses.append((gp, use))
             continue
         edge = edges.setdefault((gp, gc), EdgeVars(gp, gc, np.zeros_like(matrix), []))

@@ -204,22 +204,23 @@ def describe(op: Op, assign: Assign) -> str:
 
 
 def label_roles(op: Op) -> dict[str, str]:
-    """Names for an operator's labels: batch/seq/heads for activations, column/row for weights."""
+    """Names for an operator's labels: batch/seq/hidden of activations, column/row of weights, heads."""
     roles: dict[str, str] = {}
     weight = next((o for o in op.operands if o.kind == "param" and len(o.shape) == 2), None)
     if weight is not None:
         n, k = weight.labels
-        roles[n] = "vocab" if op.kind == "embedding" else "column"
-        roles[k] = "hidden" if op.kind == "embedding" else "row"
-        if op.kind == "embedding":
-            roles[n], roles[k] = "vocab", "hidden"
-    lead = op.out_labels[:-1] if op.kind in ("linear", "embedding") else op.out_labels
-    names = ["batch", "seq"] if op.kind in ("linear", "embedding", "input") else ["batch", "heads", "seq"]
-    for label, name in zip(lead, names):
+        roles[n], roles[k] = ("vocab", "hidden") if op.kind == "embedding" else ("column", "row")
+    if op.kind == "attention" and len(op.out_labels) == 4:
+        names = ["batch", "heads", "seq", "head_dim"]
+    elif op.kind == "matmul":
+        names = [f"dim{d}" for d in range(len(op.out_labels) - 2)] + ["row", "column"]
+        roles.setdefault(op.operands[0].labels[-1], "contraction")
+    else:
+        names = ["batch", "seq", "hidden"] if len(op.out_labels) == 3 else ["batch", "seq"] if len(op.out_labels) == 2 \
+            else [f"dim{d}" for d in range(len(op.out_labels))]
+    for label, name in zip(op.out_labels, names):
         roles.setdefault(label, name)
-    if op.kind == "matmul":
-        roles.setdefault(op.out_labels[-2], "row")
-        roles.setdefault(op.out_labels[-1], "column")
-        a = op.operands[0]
-        roles.setdefault(a.labels[-1], "contraction")
+    for o in op.operands:  # reduced labels of element-wise ops and reductions
+        for d, label in enumerate(o.labels):
+            roles.setdefault(label, f"reduced dim{d}")
     return roles
