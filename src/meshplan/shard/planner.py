@@ -211,9 +211,9 @@ def param_specs(problem: ShardingProblem, choice: tuple[int, ...]) -> dict[str, 
             continue
         g = problem.group_of(rep.name)
         assign = g.assigns[rep.name][chosen[lead]]
-        for o in op.operands:
+        for o, twin in zip(op.operands, rep.operands):  # labels are per operator: read the twin's
             if o.kind == "param":
-                spec = spec_of(o.labels, assign)
+                spec = spec_of(twin.labels, assign)
                 out[o.ref] = tuple(next((d for d, axes in enumerate(spec) if a in axes), None)
                                    for a in range(len(problem.mesh.shape)))
     return out

@@ -213,7 +213,7 @@ def label_roles(op: Op) -> dict[str, str]:
     if op.kind == "attention" and len(op.out_labels) == 4:
         names = ["batch", "heads", "seq", "head_dim"]
     elif op.kind == "matmul":
-        names = [f"dim{d}" for d in range(len(op.out_labels) - 2)] + ["row", "column"]
+        names = ["batch", "heads"][: len(op.out_labels) - 2] + ["row", "column"]
         roles.setdefault(op.operands[0].labels[-1], "contraction")
     else:
         names = ["batch", "seq", "hidden"] if len(op.out_labels) == 3 else ["batch", "seq"] if len(op.out_labels) == 2 \
