@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 pytest.importorskip("torch")
 
-from meshplan.cli.main import app  # noqa: E402
-from meshplan.shard.apply import read_shard_plan  # noqa: E402
+from meshplan.cli.main import app
+from meshplan.shard.apply import read_shard_plan
 
 runner = CliRunner()
 HF = Path(__file__).parent / "data" / "hf_configs" / "llama-3.1-8b.json"

@@ -8,18 +8,18 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from shard_models import HfAttention, HfDecoder, Mlp, on_meta  # noqa: E402
+from shard_models import HfAttention, HfDecoder, Mlp, on_meta
 
-from meshplan.errors import PlanError  # noqa: E402
-from meshplan.shard.graph import OpGraph  # noqa: E402
-from meshplan.shard.ilp import brute_force, least_memory, memory_of, objective_of, solve_ilp  # noqa: E402
-from meshplan.shard.mesh import LogicalMesh, parse_mesh  # noqa: E402
-from meshplan.shard.planner import ShardRequest, shard, summarise  # noqa: E402
-from meshplan.shard.problem import ShardingProblem, build_problem  # noqa: E402
-from meshplan.shard.strategies import STATE_BYTES_PER_PARAM, TRAIN_PASSES, describe, evaluate, reshard  # noqa: E402
-from meshplan.shard.trace import trace_decoder, trace_module  # noqa: E402
-from meshplan.specs import load_gpu  # noqa: E402
-from meshplan.specs.model import ModelSpec  # noqa: E402
+from meshplan.errors import PlanError
+from meshplan.shard.graph import OpGraph
+from meshplan.shard.ilp import brute_force, least_memory, memory_of, objective_of, solve_ilp
+from meshplan.shard.mesh import LogicalMesh, parse_mesh
+from meshplan.shard.planner import ShardRequest, shard, summarise
+from meshplan.shard.problem import ShardingProblem, build_problem
+from meshplan.shard.strategies import STATE_BYTES_PER_PARAM, TRAIN_PASSES, describe, evaluate, reshard
+from meshplan.shard.trace import trace_decoder, trace_module
+from meshplan.specs import load_gpu
+from meshplan.specs.model import ModelSpec
 
 H100 = load_gpu("H100")
 
@@ -94,7 +94,7 @@ def test_ilp_equals_brute_force(shape: tuple[int, ...], batch: int, hidden: int,
         free = solve_ilp(problem)
         bound = least_memory(problem) + squeeze * (free.memory_bytes - least_memory(problem))
     sol = solve_ilp(problem, bound)
-    choice, best = brute_force(problem, bound)
+    _choice, best = brute_force(problem, bound)
     assert sol.objective_s == pytest.approx(best, rel=1e-9)
     if bound is not None:
         assert memory_of(problem, sol.choice) <= bound
@@ -126,7 +126,7 @@ def test_linear_column_parallel_cost_by_hand() -> None:
     graph = trace_module(seq, (torch.zeros(4, 1024, device="meta"),))
     op = graph.by_name["_0"]
     mesh = _mesh((2,))
-    n, k = op.operands[1].labels
+    n, _k = op.operands[1].labels
     cost = evaluate(op, (n,), mesh, lambda _: True)
     # 2·4·1024·4096 FLOPs forward, half per device, x3 for forward + backward (fp32 here: 4-byte elements)
     flops = 2 * 4 * 1024 * 4096

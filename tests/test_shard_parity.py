@@ -12,14 +12,14 @@ from typer.testing import CliRunner
 
 pytest.importorskip("torch")
 
-from test_run_parity import TOLERANCE, _once_more_if_killed  # noqa: E402
+from test_run_parity import TOLERANCE, _once_more_if_killed
 
-from meshplan.cli.main import app  # noqa: E402
-from meshplan.run.launch import launch_many  # noqa: E402
-from meshplan.shard.apply import config_from_shard_plan, make_shard_plan, write_shard_plan  # noqa: E402
-from meshplan.shard.planner import ShardRequest, shard  # noqa: E402
-from meshplan.specs import load_gpu  # noqa: E402
-from meshplan.specs.model import ModelSpec  # noqa: E402
+from meshplan.cli.main import app
+from meshplan.run.launch import launch_many
+from meshplan.shard.apply import config_from_shard_plan, make_shard_plan, write_shard_plan
+from meshplan.shard.planner import ShardRequest, shard
+from meshplan.specs import load_gpu
+from meshplan.specs.model import ModelSpec
 
 pytestmark = pytest.mark.multiprocess
 

@@ -55,7 +55,7 @@ def test_stage_dp_equals_enumeration(seed: int) -> None:
                 base = (r - l) * rng.uniform(0.5, 1.5) / size ** rng.uniform(0.5, 1.0)
                 for k in range(1, 9):  # more micro-batches in flight may not fit
                     table[l, r, s, k] = INF if rng.random() < 0.1 * k / 4 else base
-    cost = lambda l, r, s, k: table[l, r, s, k]  # noqa: E731
+    cost = lambda l, r, s, k: table[l, r, s, k]
     total, plan = stage_dp(num_layers, num_devices, sizes, b, cost)
     expected = _brute(num_layers, num_devices, sizes, b, cost)
     assert total == pytest.approx(expected, rel=1e-12) if expected < INF else total == INF

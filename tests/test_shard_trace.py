@@ -8,13 +8,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from meshplan.errors import PlanError  # noqa: E402
-from meshplan.run.plan_run import tiny_model  # noqa: E402
-from meshplan.shard.simplify import group_ops, layer_representatives, num_layer_classes  # noqa: E402
-from meshplan.shard.trace import _reshape_labels, _Labels, trace_decoder, trace_module  # noqa: E402
-from meshplan.specs import load_model  # noqa: E402
-from meshplan.strategy import Strategy  # noqa: E402
-from shard_models import HfDecoder, on_meta  # noqa: E402
+from shard_models import HfDecoder, on_meta
+
+from meshplan.errors import PlanError
+from meshplan.run.plan_run import tiny_model
+from meshplan.shard.simplify import group_ops, layer_representatives, num_layer_classes
+from meshplan.shard.trace import _Labels, _reshape_labels, trace_decoder, trace_module
+from meshplan.specs import load_model
+from meshplan.strategy import Strategy
 
 
 def test_run_decoder_traces_with_its_parameters_and_matmul_flops() -> None:

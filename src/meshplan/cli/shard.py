@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,19 +23,19 @@ def _ms(seconds: float) -> str:
 
 
 def shard_cmd(
-    model: Annotated[Optional[str], Opt(help="Preset name or path to a Hugging Face config.json.")] = None,
-    mesh: Annotated[Optional[str], Opt(help="Logical device mesh, e.g. 8 or 2x4 (last axis innermost).")] = None,
+    model: Annotated[str | None, Opt(help="Preset name or path to a Hugging Face config.json.")] = None,
+    mesh: Annotated[str | None, Opt(help="Logical device mesh, e.g. 8 or 2x4 (last axis innermost).")] = None,
     gpu: Annotated[str, Opt(help="GPU at every mesh point (see `meshplan gpus`).")] = "H100",
     global_batch: Annotated[int, Opt(help="Sequences per step on the whole mesh.")] = 8,
     seq_len: Annotated[int, Opt(help="Tokens per sequence.")] = 2048,
-    memory: Annotated[Optional[float], Opt(help="Memory bound per device, GB (default: the GPU's).")] = None,
+    memory: Annotated[float | None, Opt(help="Memory bound per device, GB (default: the GPU's).")] = None,
     dtype: Annotated[str, Opt(help="bf16 or fp32.")] = "bf16",
-    gpus_per_node: Annotated[Optional[int], Opt(help="Devices per NVLink domain (default: the GPU's usual system).")] = None,
+    gpus_per_node: Annotated[int | None, Opt(help="Devices per NVLink domain (default: the GPU's usual system).")] = None,
     merge: Annotated[bool, Opt("--merge/--no-merge", help="Solve identical layers once.")] = True,
     microbatches: Annotated[int, Opt(help="Above 1: also cut the layers into pipeline stages (Alpa's DP).")] = 1,
     time_limit: Annotated[float, Opt(help="Seconds the ILP solver may search.")] = 60.0,
     as_json: Annotated[bool, Opt("--json", help="Print the plan as JSON.")] = False,
-    out: Annotated[Optional[Path], Opt(help="Write the plan to this JSON file (`meshplan run` executes it).")] = None,
+    out: Annotated[Path | None, Opt(help="Write the plan to this JSON file (`meshplan run` executes it).")] = None,
 ) -> None:
     """Choose a sharding per operator (ILP over the traced graph) and print it with its collectives."""
     from meshplan.cli.main import _fail

@@ -11,6 +11,7 @@ executor cannot express are refused with the reason (no silent repair).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -149,7 +150,7 @@ def config_from_shard_plan(path: Path, *, model: str | None, nproc: int | None, 
     return cfg, notes
 
 
-def apply_module_plan(model: Any, tp_mesh: Any, module_plan: dict[str, str]) -> None:
+def apply_module_plan(model: Any, tp_mesh: Any, module_plan: Mapping[str, str]) -> None:
     """Shard the weights of `model` (the run decoder, or a pipeline stage of it) along `tp_mesh` with
     `parallelize_module`: Colwise/RowwiseParallel per the plan; a column shard flows into its row partner."""
     from torch import nn

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from meshplan.cost.comm import Links, all_gather_time, all_reduce_time, all_to_all_time
 from meshplan.cost.efficiency import HBM_EFFICIENCY, Efficiency, default_efficiency
 from meshplan.errors import PlanError
@@ -74,14 +76,14 @@ class LogicalMesh:
         return math.prod(self.shape[axis + 1:])
 
     def all_reduce(self, nbytes: float, axis: int) -> float:
-        return float(all_reduce_time(nbytes, self.shape[axis], self.stride(axis), self.links))
+        return float(all_reduce_time(np.asarray(nbytes), np.asarray(self.shape[axis]), np.asarray(self.stride(axis)), self.links))
 
     def all_gather(self, nbytes: float, axis: int) -> float:
         """`nbytes` is the gathered (output) buffer per rank."""
-        return float(all_gather_time(nbytes, self.shape[axis], self.stride(axis), self.links))
+        return float(all_gather_time(np.asarray(nbytes), np.asarray(self.shape[axis]), np.asarray(self.stride(axis)), self.links))
 
     def all_to_all(self, nbytes: float, axis: int) -> float:
-        return float(all_to_all_time(nbytes, self.shape[axis], self.stride(axis), self.links))
+        return float(all_to_all_time(np.asarray(nbytes), np.asarray(self.shape[axis]), np.asarray(self.stride(axis)), self.links))
 
     def submesh(self, shape: tuple[int, ...]) -> LogicalMesh:
         """The same devices and links on a smaller mesh (a pipeline stage's share)."""

@@ -151,8 +151,8 @@ def _collectives(problem: ShardingProblem, choice: tuple[int, ...]) -> tuple[lis
                 skip = m != g.leader and i == op.main_operand()
                 if skip or o.kind != "act" or o.ref not in g.specs:
                     continue
-                dst = spec_of(o.labels, g.assigns[m][k])
-                for c in reshard(g.specs[o.ref][k], dst, o.shape, o.dtype_bytes,
+                wanted = spec_of(o.labels, g.assigns[m][k])
+                for c in reshard(g.specs[o.ref][k], wanted, o.shape, o.dtype_bytes,
                                  problem.graph.by_name[o.ref].requires_grad, problem.mesh):
                     out.append((c, g.count))
     return out, reshard_s

@@ -19,6 +19,7 @@ from meshplan.shard.mesh import LogicalMesh
 from meshplan.shard.simplify import Grouping, group_ops, layer_representatives
 from meshplan.shard.strategies import (
     Assign,
+    Collective,
     OpCost,
     Spec,
     derive,
@@ -105,7 +106,7 @@ def _member_specs(graph: OpGraph, g: GroupVars, mesh: LogicalMesh, needs_grad: C
     for k, assign in enumerate(assigns):
         for name in g.members:
             op = graph.by_name[name]
-            gathers = []
+            gathers: list[Collective] = []
             if name != g.leader:
                 main = op.main_operand()
                 assign, gathers = derive(op, g.specs[op.operands[main].ref][k], mesh)  # type: ignore[index]

@@ -42,7 +42,7 @@ def _signature(graph: OpGraph, names: list[str], position: dict[str, int]) -> tu
     sig = []
     for name in names:
         op = graph.by_name[name]
-        wiring = []
+        wiring: list[tuple[object, ...]] = []
         for o in op.operands:
             if o.kind != "act":
                 wiring.append((o.kind, o.shape))

@@ -18,7 +18,9 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
+
+import numpy as np
 
 from meshplan.cost.comm import p2p_time
 from meshplan.errors import PlanError
@@ -59,9 +61,12 @@ def submesh_shapes(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
     """Alpa's submeshes (§5.2): (1, 2^i) inside one row of the mesh, then (k, n2) whole rows."""
     inner = shape[-1]
     row = [1 << i for i in range(inner.bit_length()) if (1 << i) < inner]
+    shapes: list[tuple[int, ...]] = []
     if len(shape) == 1:
-        return [(s,) for s in row] + [(inner,)]
-    return [(1, s) for s in row] + [(k, inner) for k in range(1, shape[0] + 1)]
+        shapes += [(s,) for s in row] + [(inner,)]
+    else:
+        shapes += [(1, s) for s in row] + [(k, inner) for k in range(1, shape[0] + 1)]
+    return shapes
 
 
 @dataclass(frozen=True)
@@ -84,32 +89,42 @@ def stage_dp(num_layers: int, num_devices: int, sizes: list[int], num_microbatch
     for t_max in cands:
         if (num_microbatches - 1) * t_max >= best[0]:
             break
-
-        @lru_cache(maxsize=None)
-        def h(l: int, d: int, j: int) -> tuple[float, tuple[tuple[int, int, int, int], ...]]:
-            """Cheapest Σ t of layers [l, L) on exactly d devices in exactly j stages, each <= t_max."""
-            if l == num_layers:
-                return (0.0, ()) if d == 0 and j == 0 else (INF, ())
-            if j == 0 or d <= 0:
-                return INF, ()
-            out: tuple[float, tuple[tuple[int, int, int, int], ...]] = (INF, ())
-            for r in range(l + 1, num_layers + 1):
-                for s, size in enumerate(sizes):
-                    if size > d:
-                        continue
-                    t = cost(l, r, s, min(j, num_microbatches))
-                    if t > t_max:
-                        continue
-                    rest, plan = h(r, d - size, j - 1)
-                    if t + rest < out[0]:
-                        out = (t + rest, ((l, r, s, min(j, num_microbatches)),) + plan)
-            return out
-
+        h = _cheapest_sum(num_layers, sizes, num_microbatches, cost, t_max)
         for j in range(1, min(num_layers, num_devices) + 1):
             total, plan = h(0, num_devices, j)
             if total < INF and total + (num_microbatches - 1) * t_max < best[0]:
                 best = (total + (num_microbatches - 1) * t_max, list(plan))
     return best
+
+
+StageList = tuple[tuple[int, int, int, int], ...]
+
+
+def _cheapest_sum(num_layers: int, sizes: list[int], num_microbatches: int,
+                  cost: Callable[[int, int, int, int], float], t_max: float) -> Callable[[int, int, int], tuple[float, StageList]]:
+    """h(l, d, j): the cheapest Σ t of layers [l, L) on exactly d devices in exactly j stages, each <= t_max."""
+
+    @cache
+    def h(l: int, d: int, j: int) -> tuple[float, StageList]:
+        if l == num_layers:
+            return (0.0, ()) if d == 0 and j == 0 else (INF, ())
+        if j == 0 or d <= 0:
+            return INF, ()
+        out: tuple[float, StageList] = (INF, ())
+        for r in range(l + 1, num_layers + 1):
+            for s, size in enumerate(sizes):
+                if size > d:
+                    continue
+                k = min(j, num_microbatches)  # 1F1B: the first of j remaining stages holds j micro-batches
+                t = cost(l, r, s, k)
+                if t > t_max:
+                    continue
+                rest, plan = h(r, d - size, j - 1)
+                if t + rest < out[0]:
+                    out = (t + rest, ((l, r, s, k), *plan))
+        return out
+
+    return h
 
 
 def plan_stages(graph: OpGraph, mesh: LogicalMesh, num_microbatches: int, memory_bytes: float, *,
@@ -152,7 +167,7 @@ def plan_stages(graph: OpGraph, mesh: LogicalMesh, num_microbatches: int, memory
         if r < num_layers:  # activation out, its gradient back; each device sends its share
             nbytes = boundary.out_bytes / sizes[s]
             crosses = sizes[s] >= mesh.links.gpus_per_node
-            send = 2.0 * float(p2p_time(nbytes, crosses, mesh.links))
+            send = 2.0 * float(p2p_time(np.asarray(nbytes), np.asarray(crosses), mesh.links))
         solved[key] = StageCost(sol.objective_s + send, weight, act)
         return solved[key]
 

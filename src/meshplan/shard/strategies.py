@@ -135,10 +135,10 @@ def leader_assignments(op: Op, mesh: LogicalMesh) -> list[Assign]:
     out = []
     for assign in itertools.product(*choices):
         shards: dict[str, int] = {}
-        for axis, label in enumerate(assign):
-            if label is not None:
-                shards[label] = shards.get(label, 1) * mesh.shape[axis]
-        if all(sizes[label] % n == 0 for label, n in shards.items()):
+        for axis, chosen in enumerate(assign):
+            if chosen is not None:
+                shards[chosen] = shards.get(chosen, 1) * mesh.shape[axis]
+        if all(sizes[lb] % n == 0 for lb, n in shards.items()):
             out.append(tuple(assign))
     return out
 

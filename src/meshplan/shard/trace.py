@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.proxy import TraceError
 
 from meshplan.errors import PlanError
-from meshplan.shard.graph import Op, OpGraph, Operand
+from meshplan.shard.graph import Op, Operand, OpGraph
 
 ELEMENTWISE = {"add", "sub", "mul", "truediv", "div", "neg", "pow", "rsqrt", "sqrt", "exp", "log", "tanh", "silu",
                "gelu", "relu", "sigmoid", "float", "to", "type_as", "contiguous", "clone", "dropout", "cos", "sin",
@@ -36,6 +37,11 @@ def _name(target: Any) -> str:
     if isinstance(target, str):
         return target
     return getattr(target, "__name__", str(target))
+
+
+def _arg(node: fx.Node, index: int, key: str, default: Any = None) -> Any:
+    """An argument of an fx call, given by position or by keyword."""
+    return node.kwargs.get(key, node.args[index] if len(node.args) > index else default)
 
 
 class _Labels:
@@ -212,12 +218,11 @@ class _Tracer:
             self._module(node, self.modules[str(node.target)])
             return
         if name in TUPLE_SPLITS:
-            dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
-            self.tuples[node.name] = (node.args[0], int(dim))  # type: ignore[arg-type]
+            self.tuples[node.name] = (_arg(node, 0, "input"), int(_arg(node, 2, "dim", 0)))
             return
         if not self._is_tensor(node):
             return
-        args = node.args
+        args: Any = node.args
         if name == "getitem" and isinstance(args[0], fx.Node) and args[0].name in self.tuples:
             source, dim = self.tuples[args[0].name]
             self._elementwise(node, [source], kind="view", fixed_out_dims=(dim,))
@@ -229,7 +234,7 @@ class _Tracer:
         elif name in PERMUTES:
             self._permute(node)
         elif name == "expand":
-            self._elementwise(node, [args[0]], kind="view")  # type: ignore[list-item]
+            self._elementwise(node, [args[0]], kind="view")
         elif name == "repeat_interleave":
             self._repeat_interleave(node)
         elif name in ("stack", "cat"):
@@ -237,19 +242,18 @@ class _Tracer:
         elif name in ELEMENTWISE:
             self._elementwise(node, self._tensor_args(node))
         elif name in SOFTMAX:
-            dim = node.kwargs.get("dim", args[1] if len(args) > 1 else -1)
-            self._elementwise(node, [args[0]], fixed_out_dims=(int(dim),))  # type: ignore[arg-type]
+            self._elementwise(node, [args[0]], fixed_out_dims=(int(_arg(node, 1, "dim", -1)),))
         elif name in REDUCTIONS:
             self._reduction(node)
         elif name in ("layer_norm", "rms_norm"):
-            shape = args[1] if len(args) > 1 else node.kwargs["normalized_shape"]
-            self._norm(node, args[0], len(shape), [a for a in self._tensor_args(node)[1:]])  # type: ignore[arg-type]
+            shape = _arg(node, 1, "normalized_shape")
+            self._norm(node, args[0], len(shape), list(self._tensor_args(node)[1:]))
         elif name == "linear":
-            self._linear(node, args[0], [self._operand(a, []) for a in self._tensor_args(node)[1:]])  # type: ignore[arg-type]
+            self._linear(node, args[0], [self._operand(a, []) for a in self._tensor_args(node)[1:]])
         elif name in ("matmul", "bmm"):
             self._matmul(node)
         elif name == "embedding":
-            self._embedding(node, args[0], self._operand(args[1], []))  # type: ignore[arg-type]
+            self._embedding(node, args[0], self._operand(args[1], []))
         elif name == "scaled_dot_product_attention":
             self._attention(node)
         else:
@@ -257,22 +261,22 @@ class _Tracer:
 
     # --- rules ---------------------------------------------------------------------------------------------------
     def _module(self, node: fx.Node, mod: nn.Module) -> None:
-        x = node.args[0]
+        x: Any = node.args[0]
         if isinstance(mod, nn.Linear):
             ops = [self._param(f"{node.target}.weight", [])]
             if mod.bias is not None:
                 ops.append(self._param(f"{node.target}.bias", []))
-            self._linear(node, x, ops, "nn.Linear")  # type: ignore[arg-type]
+            self._linear(node, x, ops, "nn.Linear")
         elif isinstance(mod, nn.Embedding):
-            self._embedding(node, x, self._param(f"{node.target}.weight", []), "nn.Embedding")  # type: ignore[arg-type]
+            self._embedding(node, x, self._param(f"{node.target}.weight", []), "nn.Embedding")
         elif isinstance(mod, (nn.LayerNorm, nn.RMSNorm)):
             params = [self._param(f"{node.target}.{p}", []) for p, v in mod.named_parameters(recurse=False)]
-            self._norm(node, x, len(mod.normalized_shape), [], params, type(mod).__name__)  # type: ignore[arg-type]
+            self._norm(node, x, len(mod.normalized_shape), [], params, type(mod).__name__)
         elif isinstance(mod, ACTIVATION_MODULES):
-            self._elementwise(node, [x])  # type: ignore[list-item]
+            self._elementwise(node, [x])
             self.ops[-1] = _retarget(self.ops[-1], type(mod).__name__)
         elif isinstance(mod, nn.Softmax):
-            self._elementwise(node, [x], fixed_out_dims=(mod.dim if mod.dim is not None else -1,))  # type: ignore[list-item]
+            self._elementwise(node, [x], fixed_out_dims=(mod.dim if mod.dim is not None else -1,))
         else:
             self._opaque(node)
 
@@ -299,11 +303,12 @@ class _Tracer:
         new = _Labels(node.name)
         ins = [new() for _ in range(nd)]
         name = _name(node.target)
+        args: Any = node.args
         if name == "permute":
-            dims = node.args[1] if isinstance(node.args[1], (list, tuple)) else node.args[1:]
-            order = [int(d) % nd for d in dims]  # type: ignore[union-attr, call-overload]
+            dims = args[1] if isinstance(args[1], (list, tuple)) else args[1:]
+            order = [int(d) % nd for d in dims]
         else:
-            d0, d1 = (int(node.args[1]) % nd, int(node.args[2]) % nd) if name == "transpose" else (0, 1)  # type: ignore[call-overload]
+            d0, d1 = (int(args[1]) % nd, int(args[2]) % nd) if name == "transpose" else (0, 1)
             order = list(range(nd))
             order[d0], order[d1] = order[d1], order[d0]
         self._emit(node, "view", name, [self._operand(x, ins)], [ins[d] for d in order], set())
@@ -317,9 +322,9 @@ class _Tracer:
         self._emit(node, "elementwise", "repeat_interleave", [self._operand(x, labels)], labels, set())
 
     def _concat(self, node: fx.Node, name: str) -> None:
-        tensors = [t for t in node.args[0] if self._is_tensor(t)]  # type: ignore[union-attr]
+        tensors = [t for t in _arg(node, 0, "tensors") if self._is_tensor(t)]
         out_nd = len(self._meta(node).shape)
-        dim = int(node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)) % out_nd  # type: ignore[call-overload]
+        dim = int(_arg(node, 1, "dim", 0)) % out_nd
         new = _Labels(node.name)
         out = [new() for _ in range(out_nd)]
         fixed = {out[dim]}
@@ -338,9 +343,9 @@ class _Tracer:
         x = node.args[0]
         assert isinstance(x, fx.Node)
         nd = len(self._meta(x).shape)
-        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-        keep = bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False))
-        dims = set(range(nd)) if dim is None else {int(d) % nd for d in (dim if isinstance(dim, (list, tuple)) else [dim])}  # type: ignore[call-overload, union-attr]
+        dim = _arg(node, 1, "dim")
+        keep = bool(_arg(node, 2, "keepdim", False))
+        dims = set(range(nd)) if dim is None else {int(d) % nd for d in (dim if isinstance(dim, (list, tuple)) else [dim])}
         new = _Labels(node.name)
         ins = [new() for _ in range(nd)]
         out = [new() if d in dims else ins[d] for d in range(nd) if keep or d not in dims]
@@ -469,11 +474,11 @@ def trace_module(module: nn.Module, example_inputs: tuple[torch.Tensor, ...]) ->
     started = time.perf_counter()
     try:
         gm = fx.symbolic_trace(module)
-    except Exception as exc:  # fx raises many kinds; the user needs the one line
+        ShapeProp(gm).propagate(*example_inputs)
+    except (TraceError, TypeError, ValueError, RuntimeError, AttributeError, NotImplementedError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise PlanError(f"{type(module).__name__} cannot be traced by torch.fx ({first}); remove data-dependent "
                         "control flow from its forward") from None
-    ShapeProp(gm).propagate(*example_inputs)
     tracer = _Tracer(gm)
     for node in gm.graph.nodes:
         tracer.visit(node)
