@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -99,8 +100,9 @@ def _print(plan: Any, pipeline: Any) -> None:
     req = r.request
     console = Console() if sys.stdout.isatty() else Console(width=120)
     mesh = "x".join(map(str, req.mesh))
-    head = Table(title=f"{req.model.name} on a {mesh} mesh of {req.gpu.name}, batch {req.global_batch} x {req.seq_len} "
-                       f"tokens, {req.dtype}", show_header=False, title_justify="left")
+    head = Table(title=f"{req.model.name} on mesh {mesh} ({math.prod(req.mesh)} x {req.gpu.name}), batch "
+                       f"{req.global_batch} x {req.seq_len} tokens, {req.dtype}", show_header=False, title_justify="left",
+                 min_width=90)
     head.add_column(style="bold")
     head.add_column(justify="right")
     rows = [
@@ -126,7 +128,8 @@ def _print(plan: Any, pipeline: Any) -> None:
         ops.add_column(col, justify=justify)  # type: ignore[arg-type]
     for op in r.ops:
         layer = "-" if op.scope is None else (f"{op.scope} (x{op.copies})" if op.copies > 1 else op.scope)
-        ops.add_row(layer, escape(op.module or op.name), op.kind, "x".join(map(str, op.shape)), op.strategy,
+        kind = op.kind if op.kind in ("input", "linear", "embedding", "attention", "matmul") else f"{op.kind} ({op.target})"
+        ops.add_row(layer, escape(op.module or op.name), kind, "x".join(map(str, op.shape)), op.strategy,
                     str(op.followers), _ms(op.time_s))
     coll = Table(title="collectives per step", title_justify="left")
     for col, justify in [("kind", "left"), ("axis", "right"), ("why", "left"), ("count", "right"), ("GB/rank", "right"),
@@ -150,5 +153,7 @@ def _print(plan: Any, pipeline: Any) -> None:
         ex = plan.executable
         console.print(f"executable: dp={ex.dp} (axis {ex.dp_axis}), tp={ex.tp} (axis {ex.tp_axis}); "
                       "run it with `meshplan run PLAN.json --model tiny`", highlight=False)
+        for note in ex.differences:
+            console.print(f"  note: {escape(note)}", highlight=False)
     else:
         console.print(f"not executable by `meshplan run`: {escape(plan.not_executable or '')}", highlight=False)

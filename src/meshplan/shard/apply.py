@@ -37,6 +37,8 @@ class ExecutablePlan(Frozen):
     tp_axis: int | None
     module_plan: dict[str, Style]
     """Module name -> col / row / rep along the tensor-parallel axis."""
+    differences: list[str] = []
+    """Where the run departs from the plan: activation layouts the executor keeps whole."""
 
 
 class ShardPlan(Frozen):
@@ -81,7 +83,15 @@ def executable_plan(result: ShardResult) -> ExecutablePlan:
         if dim is not None and module.endswith("norm"):
             raise PlanError(f"{name} is sharded; the executor keeps norm weights replicated")
         styles[module] = "rep" if dim is None else ("col" if dim == 0 else "row")
-    return ExecutablePlan(dp=mesh[dp_axis] if dp_axis is not None else 1,
+    differences = []
+    if tp_axis is not None:
+        split = sorted({op.module or op.name for op in result.ops
+                        if op.kind not in ("linear", "embedding") and op.axes[tp_axis] in ("seq", "batch")})
+        if split:
+            differences.append(f"the plan splits activations along mesh axis {tp_axis} by sequence or batch between "
+                               f"the weights ({', '.join(split[:3])}{', ...' if len(split) > 3 else ''}); the executor "
+                               "keeps them whole there (same weights and results, more memory)")
+    return ExecutablePlan(differences=differences, dp=mesh[dp_axis] if dp_axis is not None else 1,
                           tp=mesh[tp_axis] if tp_axis is not None else 1, dp_axis=dp_axis, tp_axis=tp_axis,
                           module_plan={k: v for k, v in styles.items() if not k.endswith("norm")})
 
