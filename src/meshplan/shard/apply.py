@@ -37,7 +37,7 @@ class ExecutablePlan(Frozen):
     tp_axis: int | None
     module_plan: dict[str, Style]
     """Module name -> col / row / rep along the tensor-parallel axis."""
-    differences: list[str] = []
+    differences: tuple[str, ...] = ()
     """Where the run departs from the plan: activation layouts the executor keeps whole."""
 
 
@@ -91,7 +91,7 @@ def executable_plan(result: ShardResult) -> ExecutablePlan:
             differences.append(f"the plan splits activations along mesh axis {tp_axis} by sequence or batch between "
                                f"the weights ({', '.join(split[:3])}{', ...' if len(split) > 3 else ''}); the executor "
                                "keeps them whole there (same weights and results, more memory)")
-    return ExecutablePlan(differences=differences, dp=mesh[dp_axis] if dp_axis is not None else 1,
+    return ExecutablePlan(differences=tuple(differences), dp=mesh[dp_axis] if dp_axis is not None else 1,
                           tp=mesh[tp_axis] if tp_axis is not None else 1, dp_axis=dp_axis, tp_axis=tp_axis,
                           module_plan={k: v for k, v in styles.items() if not k.endswith("norm")})
 
