@@ -71,3 +71,14 @@ def test_bad_input_is_one_line_and_exit_2(small_config: str, args: list[str], me
 def test_missing_options() -> None:
     r = runner.invoke(app, ["shard", "--mesh", "2"])
     assert r.exit_code == 2 and "missing --model" in r.stderr
+
+
+def test_pipelining_fits_where_the_whole_batch_does_not(small_config: str, tmp_path: Path) -> None:
+    # 3 GB per device: the whole batch of 8 needs 3.93 GB at the leanest; 4 micro-batches of 2 fit.
+    args = ["shard", "--model", small_config, "--mesh", "2", "--global-batch", "8", "--seq-len", "512",
+            "--microbatches", "4", "--memory", "3"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "without pipeline stages: the memory bound 3.00 GB" in r.stdout and "pipeline stages, 4 micro-batches" in r.stdout
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "p.json")])
+    assert r.exit_code == 2 and "--out writes a plan without pipeline stages" in r.stderr

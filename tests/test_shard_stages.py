@@ -26,19 +26,20 @@ def _compositions(n: int) -> list[list[int]]:
     return out
 
 
-def _brute(num_layers: int, num_devices: int, sizes: list[int], b: int, cost) -> float:  # type: ignore[no-untyped-def]
+def _brute(num_layers: int, num_devices: int, sizes: list[int], b: int, cost, once) -> float:  # type: ignore[no-untyped-def]
     best = INF
     for lengths in _compositions(num_layers):
         s = len(lengths)
         for subs in itertools.product(range(len(sizes)), repeat=s):
             if sum(sizes[i] for i in subs) != num_devices:
                 continue
-            start, times = 0, []
+            start, times, extra = 0, [], 0.0
             for i, (length, sub) in enumerate(zip(lengths, subs)):
                 times.append(cost(start, start + length, sub, min(s - i, b)))
+                extra += once(start, start + length, sub)
                 start += length
             if INF not in times:
-                best = min(best, sum(times) + (b - 1) * max(times))
+                best = min(best, sum(times) + extra + (b - 1) * max(times))
     return best
 
 
@@ -48,22 +49,24 @@ def test_stage_dp_equals_enumeration(seed: int) -> None:
     num_layers, num_devices = rng.randint(1, 5), rng.choice([2, 4, 8])
     sizes = [s for s in (1, 2, 4, 8) if s <= num_devices]
     b = rng.choice([1, 2, 4, 8])
-    table = {}
+    table, sync = {}, {}
     for l in range(num_layers):
         for r in range(l + 1, num_layers + 1):
             for s, size in enumerate(sizes):
                 base = (r - l) * rng.uniform(0.5, 1.5) / size ** rng.uniform(0.5, 1.0)
+                sync[l, r, s] = rng.uniform(0.0, 0.3) * (r - l)  # once per step
                 for k in range(1, 9):  # more micro-batches in flight may not fit
                     table[l, r, s, k] = INF if rng.random() < 0.1 * k / 4 else base
     cost = lambda l, r, s, k: table[l, r, s, k]
-    total, plan = stage_dp(num_layers, num_devices, sizes, b, cost)
-    expected = _brute(num_layers, num_devices, sizes, b, cost)
+    once = lambda l, r, s: sync[l, r, s]
+    total, plan = stage_dp(num_layers, num_devices, sizes, b, cost, once)
+    expected = _brute(num_layers, num_devices, sizes, b, cost, once)
     assert total == pytest.approx(expected, rel=1e-12) if expected < INF else total == INF
     if total < INF:  # the plan is contiguous, covers the layers and uses every device once
         assert [p[0] for p in plan] == [0] + [p[1] for p in plan[:-1]] and plan[-1][1] == num_layers
         assert sum(sizes[p[2]] for p in plan) == num_devices
         times = [cost(*p) for p in plan]
-        assert sum(times) + (b - 1) * max(times) == pytest.approx(total)
+        assert sum(times) + sum(once(*p[:3]) for p in plan) + (b - 1) * max(times) == pytest.approx(total)
 
 
 def test_submesh_shapes_follow_alpa() -> None:
@@ -87,5 +90,5 @@ def test_stages_of_a_traced_decoder() -> None:
     assert plan.stages[0].first_layer == 0 and plan.stages[-1].last_layer == 3
     assert sum(math.prod(s.submesh) for s in plan.stages) == 2
     times = [s.time_s for s in plan.stages]
-    assert plan.step_time_s == pytest.approx(sum(times) + 7 * max(times))
+    assert plan.step_time_s == pytest.approx(sum(times) + sum(s.grad_sync_s for s in plan.stages) + 7 * max(times))
     assert all(s.in_flight == min(len(plan.stages) - i, 8) for i, s in enumerate(plan.stages))

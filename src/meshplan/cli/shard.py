@@ -65,7 +65,13 @@ def shard_cmd(
                            seq_len=seq_len, dtype=dtype,  # type: ignore[arg-type]
                            memory_bytes=memory * GB if memory is not None else None, gpus_per_node=gpus_per_node,
                            merge_layers=merge, time_limit_s=time_limit)
-        result = shard(req)
+        whole: str | None = None  # why the whole batch on the whole mesh does not fit (pipelining may)
+        try:
+            result = shard(req)
+        except PlanError as exc:
+            if microbatches == 1 or "memory bound" not in str(exc):
+                raise
+            result, whole = None, str(exc)
         pipeline = None
         if microbatches > 1:
             from meshplan.shard.mesh import LogicalMesh
@@ -73,32 +79,53 @@ def shard_cmd(
 
             graph = trace_request(req, batch=global_batch // microbatches)
             lmesh = LogicalMesh.build(req.mesh, req.gpu, dtype=req.dtype, gpus_per_node=gpus_per_node)
-            pipeline = plan_stages(graph, lmesh, microbatches, result.memory_bound_bytes, merge=merge,
+            pipeline = plan_stages(graph, lmesh, microbatches, req.memory_bytes or req.gpu.hbm_bytes, merge=merge,
                                    time_limit_s=time_limit)
+        if result is None and out is not None:
+            raise PlanError(f"--out writes a plan without pipeline stages, and none fits: {whole}")
     except PlanError as exc:
         _fail(str(exc))
         return
     from meshplan.shard.apply import make_shard_plan, write_shard_plan
 
-    plan = make_shard_plan(result)
+    plan = make_shard_plan(result) if result is not None else None
     if as_json:
-        payload: dict[str, Any] = plan.model_dump(mode="json")
+        payload: dict[str, Any] = plan.model_dump(mode="json") if plan is not None else {"result": None, "error": whole}
         if pipeline is not None:
             payload["pipeline"] = pipeline.model_dump(mode="json")
         print(json.dumps(payload, indent=2))
     else:
-        _print(plan, pipeline)
-    if out is not None:
+        console = Console() if sys.stdout.isatty() else Console(width=120)
+        if plan is not None:
+            _print(plan, console)
+        else:
+            console.print(f"without pipeline stages: {escape(whole or '')}", highlight=False)
+        if pipeline is not None:
+            from meshplan.cli.render import print_tables
+
+            print_tables([_pipeline_table(pipeline)], console)
+    if out is not None and plan is not None:
         write_shard_plan(plan, out)
         Console(stderr=True).print(f"wrote {escape(str(out))}", highlight=False)
 
 
-def _print(plan: Any, pipeline: Any) -> None:
+def _pipeline_table(pipeline: Any) -> Table:
+    pipe = Table(title=f"pipeline stages, {pipeline.num_microbatches} micro-batches: step "
+                       f"{_ms(pipeline.step_time_s)} ({pipeline.stage_ilps} stage ILPs, {pipeline.seconds:.1f} s)",
+                 title_justify="left")
+    for col in ("stage", "layers", "submesh", "time/micro-batch", "grad sync/step", "in flight", "memory GB"):
+        pipe.add_column(col)
+    for i, s in enumerate(pipeline.stages):
+        pipe.add_row(str(i), f"{s.first_layer}-{s.last_layer}", "x".join(map(str, s.submesh)), _ms(s.time_s),
+                     _ms(s.grad_sync_s), str(s.in_flight), f"{s.memory_bytes / GB:,.2f}")
+    return pipe
+
+
+def _print(plan: Any, console: Console) -> None:
     from meshplan.cli.render import print_tables
 
     r = plan.result
     req = r.request
-    console = Console() if sys.stdout.isatty() else Console(width=120)
     mesh = "x".join(map(str, req.mesh))
     head = Table(title=f"{req.model.name} on mesh {mesh} ({math.prod(req.mesh)} x {req.gpu.name}), batch "
                        f"{req.global_batch} x {req.seq_len} tokens, {req.dtype}", show_header=False, title_justify="left",
@@ -137,18 +164,7 @@ def _print(plan: Any, pipeline: Any) -> None:
         coll.add_column(col, justify=justify)  # type: ignore[arg-type]
     for c in r.collectives:
         coll.add_row(c.kind, str(c.axis), c.why, f"{c.count:,}", f"{c.bytes_per_step / GB:,.3f}", _ms(c.seconds))
-    tables = [head, ops, coll]
-    if pipeline is not None:
-        pipe = Table(title=f"pipeline stages, {pipeline.num_microbatches} micro-batches: step "
-                           f"{_ms(pipeline.step_time_s)} ({pipeline.stage_ilps} stage ILPs, {pipeline.seconds:.1f} s)",
-                     title_justify="left")
-        for col in ("stage", "layers", "submesh", "time/micro-batch", "in flight", "memory GB"):
-            pipe.add_column(col)
-        for i, s in enumerate(pipeline.stages):
-            pipe.add_row(str(i), f"{s.first_layer}-{s.last_layer}", "x".join(map(str, s.submesh)), _ms(s.time_s),
-                         str(s.in_flight), f"{s.memory_bytes / GB:,.2f}")
-        tables.append(pipe)
-    print_tables(tables, console)
+    print_tables([head, ops, coll], console)
     if plan.executable is not None:
         ex = plan.executable
         console.print(f"executable: dp={ex.dp} (axis {ex.dp_axis}), tp={ex.tp} (axis {ex.tp_axis}); "

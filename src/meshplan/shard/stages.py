@@ -2,14 +2,16 @@
 construction, Zheng et al. 2022, §5).
 
 The step time of a pipeline of B micro-batches whose stages take t_1..t_S per micro-batch is
-Σ_i t_i + (B - 1)·max_i t_i (Alpa eq. 2). For every candidate t_max (ascending) a DP finds the cheapest
+Σ_i t_i + (B - 1)·max_i t_i (Alpa eq. 2), plus each stage's weight-gradient synchronisation o_i, which happens
+once per step rather than per micro-batch (added as Σ_i o_i: no overlap with the pipeline's drain assumed). For every candidate t_max (ascending) a DP finds the cheapest
 Σ t_i over contiguous layer ranges and submeshes that use every device exactly once with every t_i <= t_max
 (Alpa eq. 3-4); the search stops once (B - 1)·t_max alone reaches the best plan found. A stage's t_i is the
 intra-operator ILP's optimum for its layers (the prologue with the first, the epilogue with the last) on its
 submesh, plus sending its output activation to the next stage and receiving its gradient. Under 1F1B the
 stage i of S keeps S - i micro-batches of activations (Narayanan et al. 2021, §2.2.1); a stage whose ILP plan
 does not fit with that many is infeasible (its ILP is solved with one micro-batch in flight, so a leaner
-strategy that would fit is not searched: a simplification, never an invalid plan).
+strategy that would fit is not searched: a simplification, never an invalid plan). The ILP itself still weighs
+gradient synchronisation as if it ran per micro-batch when it chooses the stage's strategies.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class Stage(Frozen):
     submesh: tuple[int, ...]
     time_s: float
     """Forward and backward of one micro-batch, with the activation send and gradient receive."""
+    grad_sync_s: float
+    """Weight-gradient all-reduces, once per step."""
     memory_bytes: float
     """Weights and states plus the activations of the micro-batches in flight, per device."""
     in_flight: int
@@ -51,7 +55,7 @@ class PipelinePlan(Frozen):
     num_microbatches: int
     stages: list[Stage]
     step_time_s: float
-    """Σ t_i + (B - 1)·max t_i."""
+    """Σ (t_i + o_i) + (B - 1)·max t_i."""
     stage_ilps: int
     """Distinct (layers, submesh) ILPs solved."""
     seconds: float
@@ -72,24 +76,28 @@ def submesh_shapes(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
 @dataclass(frozen=True)
 class StageCost:
     time_s: float
+    sync_s: float
     weight_bytes: float
     act_bytes: float
 
 
 def stage_dp(num_layers: int, num_devices: int, sizes: list[int], num_microbatches: int,
-             cost: Callable[[int, int, int, int], float]) -> tuple[float, list[tuple[int, int, int, int]]]:
+             cost: Callable[[int, int, int, int], float], once: Callable[[int, int, int], float] | None = None,
+             ) -> tuple[float, list[tuple[int, int, int, int]]]:
     """The pure kernel: (step time, stages as (first layer, end layer, submesh index, in flight)).
 
-    `cost(l, r, s, k)` is the time of layers [l, r) on submesh `s` with `k` micro-batches in flight (INF if it
-    does not fit). Every device is used exactly once.
+    `cost(l, r, s, k)` is the time per micro-batch of layers [l, r) on submesh `s` with `k` micro-batches in
+    flight (INF if it does not fit); `once(l, r, s)` what the stage adds once per step. Every device is used
+    exactly once.
     """
+    once = once or (lambda l, r, s: 0.0)
     cands = sorted({cost(l, r, s, k) for l in range(num_layers) for r in range(l + 1, num_layers + 1)
                     for s in range(len(sizes)) for k in range(1, min(num_layers, num_devices) + 1)} - {INF})
     best: tuple[float, list[tuple[int, int, int, int]]] = (INF, [])
     for t_max in cands:
         if (num_microbatches - 1) * t_max >= best[0]:
             break
-        h = _cheapest_sum(num_layers, sizes, num_microbatches, cost, t_max)
+        h = _cheapest_sum(num_layers, sizes, num_microbatches, cost, once, t_max)
         for j in range(1, min(num_layers, num_devices) + 1):
             total, plan = h(0, num_devices, j)
             if total < INF and total + (num_microbatches - 1) * t_max < best[0]:
@@ -101,8 +109,10 @@ StageList = tuple[tuple[int, int, int, int], ...]
 
 
 def _cheapest_sum(num_layers: int, sizes: list[int], num_microbatches: int,
-                  cost: Callable[[int, int, int, int], float], t_max: float) -> Callable[[int, int, int], tuple[float, StageList]]:
-    """h(l, d, j): the cheapest Σ t of layers [l, L) on exactly d devices in exactly j stages, each <= t_max."""
+                  cost: Callable[[int, int, int, int], float], once: Callable[[int, int, int], float],
+                  t_max: float) -> Callable[[int, int, int], tuple[float, StageList]]:
+    """h(l, d, j): the cheapest Σ (t + once) of layers [l, L) on exactly d devices in exactly j stages, each
+    t <= t_max."""
 
     @cache
     def h(l: int, d: int, j: int) -> tuple[float, StageList]:
@@ -120,8 +130,9 @@ def _cheapest_sum(num_layers: int, sizes: list[int], num_microbatches: int,
                 if t > t_max:
                     continue
                 rest, plan = h(r, d - size, j - 1)
-                if t + rest < out[0]:
-                    out = (t + rest, ((l, r, s, k), *plan))
+                total = t + once(l, r, s) + rest
+                if total < out[0]:
+                    out = (total, ((l, r, s, k), *plan))
         return out
 
     return h
@@ -159,7 +170,7 @@ def plan_stages(graph: OpGraph, mesh: LogicalMesh, num_microbatches: int, memory
         try:
             sol = solve_ilp(problem, memory_bytes, time_limit_s)
         except PlanError:
-            solved[key] = StageCost(INF, INF, INF)
+            solved[key] = StageCost(INF, 0.0, INF, INF)
             return solved[key]
         weight = float(sum(g.weight_bytes[k] for g, k in zip(problem.groups, sol.choice)))
         act = float(sum(g.act_bytes[k] for g, k in zip(problem.groups, sol.choice)))
@@ -168,14 +179,17 @@ def plan_stages(graph: OpGraph, mesh: LogicalMesh, num_microbatches: int, memory
             nbytes = boundary.out_bytes / sizes[s]
             crosses = sizes[s] >= mesh.links.gpus_per_node
             send = 2.0 * float(p2p_time(np.asarray(nbytes), np.asarray(crosses), mesh.links))
-        solved[key] = StageCost(sol.objective_s + send, weight, act)
+        sync = sum(g.count * c.seconds for g, k in zip(problem.groups, sol.choice) for m in g.members
+                   for c in g.costs[m][k].comm if c.why == "weight gradient")
+        solved[key] = StageCost(sol.objective_s - sync + send, sync, weight, act)
         return solved[key]
 
     def cost(l: int, r: int, s: int, k: int) -> float:
         c = ilp_cost(l, r, s)
         return c.time_s if c.weight_bytes + k * c.act_bytes <= memory_bytes else INF
 
-    total, plan = stage_dp(num_layers, mesh.num_devices, sizes, num_microbatches, cost)
+    total, plan = stage_dp(num_layers, mesh.num_devices, sizes, num_microbatches, cost,
+                           lambda l, r, s: ilp_cost(l, r, s).sync_s)
     if total == INF:
         raise PlanError(f"no pipeline of {num_layers} layers on the {'x'.join(map(str, mesh.shape))} mesh fits "
                         f"{memory_bytes / 1e9:,.2f} GB per device with {num_microbatches} micro-batches; raise "
@@ -183,7 +197,7 @@ def plan_stages(graph: OpGraph, mesh: LogicalMesh, num_microbatches: int, memory
     stages = []
     for l, r, s, k in plan:
         c = ilp_cost(l, r, s)
-        stages.append(Stage(first_layer=l, last_layer=r - 1, submesh=shapes[s], time_s=c.time_s,
+        stages.append(Stage(first_layer=l, last_layer=r - 1, submesh=shapes[s], time_s=c.time_s, grad_sync_s=c.sync_s,
                             memory_bytes=c.weight_bytes + k * c.act_bytes, in_flight=k))
     return PipelinePlan(num_microbatches=num_microbatches, stages=stages, step_time_s=total, stage_ilps=len(solved),
                         seconds=time.perf_counter() - started)
