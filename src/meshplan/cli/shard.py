@@ -167,7 +167,8 @@ def _print(plan: Any, console: Console) -> None:
     print_tables([head, ops, coll], console)
     if plan.executable is not None:
         ex = plan.executable
-        console.print(f"executable: dp={ex.dp} (axis {ex.dp_axis}), tp={ex.tp} (axis {ex.tp_axis}); "
+        dp_axes = ", ".join(map(str, ex.dp_axes)) or "none"
+        console.print(f"executable: dp={ex.dp} (axes {dp_axes}), tp={ex.tp} (axis {ex.tp_axis}); "
                       "run it with `meshplan run PLAN.json --model tiny`", highlight=False)
         for note in ex.differences:
             console.print(f"  note: {escape(note)}", highlight=False)

@@ -11,6 +11,7 @@ executor cannot express are refused with the reason (no silent repair).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +34,8 @@ class ExecutablePlan(Frozen):
 
     dp: int
     tp: int
-    dp_axis: int | None
+    dp_axes: tuple[int, ...]
+    """Mesh axes run as data parallel (their sizes multiply into dp)."""
     tp_axis: int | None
     module_plan: dict[str, Style]
     """Module name -> col / row / rep along the tensor-parallel axis."""
@@ -53,29 +55,46 @@ class ShardPlan(Frozen):
     """Why the executor cannot run this plan (None when it can)."""
 
 
-def executable_plan(result: ShardResult) -> ExecutablePlan:
-    """The executor's form of a plan; a `PlanError` naming what it cannot express."""
+def _axis_roles(result: ShardResult) -> tuple[list[int], int | None, list[str]]:
+    """(data-parallel axes, the tensor-parallel axis, notes): an axis that splits the input by batch, or shards no
+    weight, is data parallel; one that shards weights is tensor parallel (at most one)."""
     mesh = result.request.mesh
-    dp_axis = tp_axis = None
+    weight_axes = {a for dims in result.param_specs.values() for a, d in enumerate(dims) if d is not None}
+    dp_axes: list[int] = []
+    tp_axis = None
+    notes = []
     for axis, size in enumerate(mesh):
         if size == 1:
             continue
         role = result.input_axes[axis]
         if role not in (None, "batch"):
             raise PlanError(f"mesh axis {axis} splits the input by {role}; the executor splits data by batch only")
-        if role == "batch":
-            if dp_axis is not None:
-                raise PlanError("two mesh axes split the batch; the executor runs one data-parallel axis")
-            dp_axis = axis
+        if role == "batch" or axis not in weight_axes:
+            dp_axes.append(axis)
+            if role is None:
+                notes.append(f"mesh axis {axis} shards no weight and the plan splits the batch only after the input "
+                             "(or not at all); the executor splits it at the input (same results)")
         elif tp_axis is not None:
-            raise PlanError("two mesh axes shard weights (2D tensor parallelism); the executor runs one")
+            raise PlanError(f"mesh axes {tp_axis} and {axis} both shard weights (2D tensor parallelism); the executor "
+                            "runs one tensor-parallel axis")
         else:
             tp_axis = axis
+    if tp_axis is not None and any(a > tp_axis for a in dp_axes):
+        notes.append(f"the tensor-parallel axis {tp_axis} is outside a data-parallel one in the plan; the executor "
+                     "puts it innermost (ranks placed differently, same results)")
+    return dp_axes, tp_axis, notes
+
+
+def executable_plan(result: ShardResult) -> ExecutablePlan:
+    """The executor's form of a plan; a `PlanError` naming what it cannot express."""
+    mesh = result.request.mesh
+    dp_axes, tp_axis, differences = _axis_roles(result)
     styles: dict[str, Style] = {}
     for name, dims in result.param_specs.items():
-        if dp_axis is not None and dims[dp_axis] is not None:
-            raise PlanError(f"{name} is sharded along the data-parallel mesh axis {dp_axis}; the executor keeps "
-                            "weights whole across data-parallel ranks")
+        for a in dp_axes:
+            if dims[a] is not None:
+                raise PlanError(f"{name} is sharded along mesh axis {a}, which splits the batch of other operators; "
+                                "the executor keeps weights whole across data-parallel ranks")
         dim = dims[tp_axis] if tp_axis is not None else None
         if not name.endswith(".weight") or len(dims) == 0:
             continue
@@ -83,7 +102,6 @@ def executable_plan(result: ShardResult) -> ExecutablePlan:
         if dim is not None and module.endswith("norm"):
             raise PlanError(f"{name} is sharded; the executor keeps norm weights replicated")
         styles[module] = "rep" if dim is None else ("col" if dim == 0 else "row")
-    differences = []
     if tp_axis is not None:
         split = sorted({op.module or op.name for op in result.ops
                         if op.kind not in ("linear", "embedding") and op.axes[tp_axis] in ("seq", "batch")})
@@ -91,8 +109,8 @@ def executable_plan(result: ShardResult) -> ExecutablePlan:
             differences.append(f"the plan splits activations along mesh axis {tp_axis} by sequence or batch between "
                                f"the weights ({', '.join(split[:3])}{', ...' if len(split) > 3 else ''}); the executor "
                                "keeps them whole there (same weights and results, more memory)")
-    return ExecutablePlan(differences=tuple(differences), dp=mesh[dp_axis] if dp_axis is not None else 1,
-                          tp=mesh[tp_axis] if tp_axis is not None else 1, dp_axis=dp_axis, tp_axis=tp_axis,
+    return ExecutablePlan(differences=tuple(differences), dp=math.prod(mesh[a] for a in dp_axes),
+                          tp=mesh[tp_axis] if tp_axis is not None else 1, dp_axes=tuple(dp_axes), tp_axis=tp_axis,
                           module_plan={k: v for k, v in styles.items() if not k.endswith("norm")})
 
 
