@@ -374,6 +374,11 @@ def gpus_cmd(as_json: Annotated[bool, Opt("--json", help="Print JSON.")] = False
     print_tables([gpus_table(gpus)])
 
 
+from meshplan.cli.shard import shard_cmd  # noqa: E402  (its own module; registered here)
+
+app.command("shard")(shard_cmd)
+
+
 def main() -> None:
     """Console-script entry point: PlanError anywhere becomes one line on stderr and exit status 2."""
     try:

@@ -35,6 +35,9 @@ class RunConfig(Frozen):
     dtype: Literal["float32", "bfloat16"] = "float32"
     timeout_s: float = Field(default=300.0, gt=0)
     """Collective timeout inside the ranks (a hung rank fails the others after this)."""
+    module_plan: dict[str, Literal["col", "row", "rep"]] | None = None
+    """Per-module layout along the tp axis from `meshplan shard` (module name -> column / row / replicated);
+    None: the Megatron layout of `strategy.tp`."""
     measure_memory: bool = True
     check_parity: bool = True
     """Record the global gradient norm each step (for parity; its cost is left out of the step time)."""

@@ -34,6 +34,11 @@ def config_from_plan(path: Path, *, model: str | None, nproc: int | None, steps:
                      global_batch: int | None, timeout_s: float) -> tuple[RunConfig, list[str]]:
     """The run a plan describes, with its layout kept and (optionally) a smaller model and batch; notes say what
     was changed."""
+    from meshplan.shard.apply import config_from_shard_plan, is_shard_plan
+
+    if is_shard_plan(path):  # written by `meshplan shard --out`: a layout per operator
+        return config_from_shard_plan(path, model=model, nproc=nproc, steps=steps, seq_len=seq_len, global_batch=global_batch,
+                                      timeout_s=timeout_s)
     plan = read_plan(path)
     s = plan.strategy
     notes = []

@@ -98,7 +98,11 @@ def run_rank(cfg: RunConfig, out: Path) -> dict[str, Any]:
     del model
     modules = []
     for _, module in stages:
-        if s.tp > 1:
+        if s.tp > 1 and cfg.module_plan is not None:  # a layout chosen per operator by `meshplan shard`
+            from meshplan.shard.apply import apply_module_plan
+
+            apply_module_plan(module, mesh["tp"], cfg.module_plan)
+        elif s.tp > 1:
             apply_tensor_parallel(module, mesh["tp"], s.sequence_parallel)
         apply_checkpointing(module, s.recompute, cfg.layer_recompute)
         modules.append(apply_data_parallel(module, s, mesh))
