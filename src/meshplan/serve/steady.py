@@ -8,6 +8,7 @@ every decode step, which is what engines measure). TTFT is the request's own pre
 waiting for admission: in a closed loop with more requests than B, Little's law gives the time in system
 N / X (X: completions per second), and TTFT is what remains after the decode phase. Open-loop rates come from
 the same fixed point (B = rate · time in system) while the instance keeps up.
+With pipeline parallelism a round lasts at least pp times its heaviest micro-batch (below).
 A static batch (all prompts in one iteration, then decode together; splitwise-sim's profiles) is a
 separate scheduler.
 """
@@ -70,7 +71,11 @@ def steady_state(it: IterationModel, w: ServeWorkload, seq_cap: np.ndarray, max_
     def solve(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         room = np.maximum(chunk - b, 1.0)
         p = np.minimum(b * prompt / w.osl, room)
-        tpot = it.time(b, ctx, p, prompt / 2.0)
+        # Pipeline: each of the pp micro-batches must pass all pp stages before its next iteration, so a round
+        # lasts at least pp x its heaviest micro-batch; a prompt chunk is not split across micro-batches, so
+        # the heaviest carries at least one (min(prompt, p) tokens): effective prefill max(p, pp·min(prompt, p)).
+        p_round = np.maximum(p, it.pp * np.minimum(np.minimum(prompt, room), p))
+        tpot = it.time(b, ctx, p_round, prompt / 2.0)
         own = np.minimum(prompt, room)
         chunks = np.ceil(prompt / room)
         service_ttft = chunks * it.time(b, ctx, own, prompt / 2.0) + 0.5 * tpot + request_overhead_s
