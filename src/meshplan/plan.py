@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from meshplan.cost.efficiency import Efficiency
 from meshplan.errors import PlanError
 from meshplan.estimator import Estimate
-from meshplan.specs import ClusterSpec, ModelSpec, TrainWorkload
+from meshplan.specs import ClusterSpec, GpuSpec, ModelSpec, TrainWorkload
 from meshplan.specs.base import Frozen
 from meshplan.strategy import Strategy
 
@@ -42,7 +42,30 @@ class Plan(Frozen):
     """How the plan was found: algorithm, objective, strategies enumerated / valid / fitting, rank."""
 
 
-def write_plan(plan: Plan, path: Path) -> None:
+class ServingPlan(Frozen):
+    """One serving plan: the model, GPU, deployment and workload, and what they are predicted to deliver."""
+
+    schema_version: int = PLAN_SCHEMA_VERSION
+    """Format version of this record; readers refuse versions they do not know."""
+    kind: Literal["serving"] = "serving"
+    meshplan_version: str
+    """The meshplan release that wrote the plan."""
+    model: ModelSpec
+    gpu: GpuSpec
+    deployment: dict[str, Any]
+    """`meshplan.serve.deployment.Deployment` fields (tp, pp, ep, attn_dp, replicas, precision, ...)."""
+    workload: dict[str, Any]
+    """`meshplan.serve.workload.ServeWorkload` fields."""
+    engine: str
+    """Engine whose defaults and fitted overheads priced the plan."""
+    estimate: dict[str, Any]
+    """The `ServeEstimate` (TTFT/TPOT, throughput, memory, breakdown, provenance)."""
+    launch: dict[str, str] = {}
+    """Launch commands per engine, each with the engine version it was written for."""
+    search: dict[str, Any] = {}
+
+
+def write_plan(plan: Plan | ServingPlan, path: Path) -> None:
     path.write_text(json.dumps(plan.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
 
 
@@ -54,6 +77,9 @@ def read_plan(path: Path) -> Plan:
         raise PlanError(f"plan file {str(path)!r} does not exist; write one with `meshplan plan --out`") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PlanError(f"plan file {str(path)!r} is not valid JSON ({exc}); pass a file written by `meshplan plan --out`") from None
+    if isinstance(data, dict) and data.get("kind") == "serving":
+        raise PlanError(f"{str(path)!r} is a serving plan (kind 'serving'); `meshplan serve --plan` prices it again, "
+                        "`meshplan estimate` prices training plans only")
     if not isinstance(data, dict) or "schema_version" not in data or "strategy" not in data:
         raise PlanError(f"{str(path)!r} is not a meshplan plan (no schema_version/strategy); pass a file written by `meshplan plan --out`")
     version = data["schema_version"]
@@ -78,3 +104,26 @@ def reprice(plan: Plan) -> Estimate:
     table = StrategyTable.from_strategies([plan.strategy])
     cost = training_cost(plan.model, plan.cluster, plan.workload, table, plan.efficiency)
     return estimate_from_cost(cost, 0, plan.model, plan.cluster, plan.workload, table)
+
+
+def read_serving_plan(path: Path) -> ServingPlan:
+    """A serving plan from a JSON file written by `meshplan serve --out`; a clear `PlanError` otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PlanError(f"plan file {str(path)!r} does not exist; write one with `meshplan serve --out`") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PlanError(f"plan file {str(path)!r} is not valid JSON ({exc}); pass a file written by "
+                        "`meshplan serve --out`") from None
+    if not isinstance(data, dict) or data.get("kind") != "serving":
+        raise PlanError(f"{str(path)!r} is not a serving plan (kind must be 'serving'); pass a file written by "
+                        "`meshplan serve --out`")
+    if data.get("schema_version") != PLAN_SCHEMA_VERSION:
+        raise PlanError(f"plan file {str(path)!r} has schema_version={data.get('schema_version')!r}; this meshplan "
+                        f"reads version {PLAN_SCHEMA_VERSION}: upgrade meshplan or re-create the plan")
+    try:
+        return ServingPlan.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise PlanError(f"plan file {str(path)!r}: {where}: {err['msg']}; re-create it with `meshplan serve --out`") from None

@@ -367,6 +367,11 @@ def gpus_cmd(as_json: Annotated[bool, Opt("--json", help="Print JSON.")] = False
     print_tables([gpus_table(gpus)])
 
 
+from meshplan.cli.serve import serve_cmd  # noqa: E402
+
+app.command("serve")(serve_cmd)
+
+
 def main() -> None:
     """Console-script entry point: PlanError anywhere becomes one line on stderr and exit status 2."""
     try:

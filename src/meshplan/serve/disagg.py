@@ -53,7 +53,7 @@ def estimate_disagg(req: ServeRequest, model: ModelSpec, cluster: ClusterSpec, w
         raise PlanError(f"num_gpus={req.num_gpus} != prefill + decode GPUs = {pre.num_gpus} + {dec.num_gpus}; "
                         "fix the worker counts")
     gpu = cluster.gpu
-    cluster = make_cluster(gpu, num_gpus, gpus_per_node=req.gpus_per_node)
+    cluster = make_cluster(gpu, max(pre.gpus_per_instance, dec.gpus_per_instance), gpus_per_node=req.gpus_per_node)
     tp_, td = DeploymentTable.of([pre]), DeploymentTable.of([dec])
     cap_p = capacity(model, gpu, tp_, eff.memory_fraction, eff.runtime_bytes)
     cap_d = capacity(model, gpu, td, eff.memory_fraction, eff.runtime_bytes)

@@ -151,7 +151,10 @@ def _specs(req: ServeRequest) -> tuple[ModelSpec, ClusterSpec, Deployment, Serve
                         "shorten the prompt or output")
     work = ServeWorkload(isl=req.isl, osl=req.osl, concurrency=req.concurrency, request_rate=req.request_rate,
                          prefix_hit=req.prefix_hit, length_cv=req.length_cv, num_requests=req.num_requests)
-    cluster = make_cluster(gpu, num_gpus, gpus_per_node=req.gpus_per_node)
+    try:  # links matter inside one instance; replicas are independent
+        cluster = make_cluster(gpu, per_instance, gpus_per_node=req.gpus_per_node)
+    except ValidationError as exc:
+        raise PlanError(f"tp*pp*attn_dp={per_instance} GPUs per instance: {exc.errors()[0]['msg']}") from None
     return model, cluster, dep, work
 
 

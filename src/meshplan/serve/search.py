@@ -150,6 +150,22 @@ def _price(req: ServeSearchRequest, gpu: GpuSpec, eff: ServingEfficiency, deps: 
     return out
 
 
+def _layout(c: Candidate) -> tuple[object, ...]:
+    d = c.deployment
+    return (c.gpu, d.tp, d.pp, d.ep, d.attn_dp, d.replicas, d.precision, d.kv_dtype)
+
+
+def _distinct(cands: list[Candidate]) -> list[Candidate]:
+    """The first (best-ranked) candidate of each layout: batch limit and chunk size variants folded."""
+    seen: set[tuple[object, ...]] = set()
+    out = []
+    for c in cands:
+        if _layout(c) not in seen:
+            seen.add(_layout(c))
+            out.append(c)
+    return out
+
+
 def _meets_mean(c: Candidate, req: ServeSearchRequest) -> bool:
     return ((req.ttft is None or c.ttft_s <= req.ttft.limit_s) and (req.tpot is None or c.tpot_s <= req.tpot.limit_s))
 
@@ -159,7 +175,7 @@ def _key(c: Candidate, objective: Objective) -> tuple[float, ...]:
         return (c.num_gpus, -c.per_gpu)
     if objective == "cost":
         return (c.cost_per_m_tokens if c.cost_per_m_tokens is not None else math.inf, -c.per_gpu)
-    return (-c.per_gpu, c.tpot_s)
+    return (-round(c.per_gpu, 6), c.tpot_s, c.ttft_s)
 
 
 def pareto_front(cands: list[Candidate]) -> list[Candidate]:
@@ -218,8 +234,8 @@ def search_serving(req: ServeSearchRequest, eff: ServingEfficiency | None = None
             priced += _price(req, gpu, eff, deps)
     if not priced:
         _no_fit(req, eff)
-    pareto = pareto_front(priced)
-    meeting = sorted((c for c in priced if _meets_mean(c, req)), key=lambda c: _key(c, req.objective))
+    pareto = _distinct(pareto_front(priced))
+    meeting = _distinct(sorted((c for c in priced if _meets_mean(c, req)), key=lambda c: _key(c, req.objective)))
     if req.ttft is None and req.tpot is None:
         ranked = meeting[: req.top_k]
         return ServeSearchResult(ranked, pareto, total, len(priced), len(meeting), time.perf_counter() - start)

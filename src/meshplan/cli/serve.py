@@ -1,0 +1,352 @@
+"""`meshplan serve`: search (or price, with --estimate) LLM serving deployments."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from meshplan.errors import PlanError
+
+Opt = typer.Option
+
+
+def _fail(message: str) -> None:
+    from meshplan.cli.main import _fail as fail
+
+    fail(message)
+
+
+def _rate(text: str | None) -> float | None:
+    if text is None:
+        return None
+    if text.strip().lower() in ("inf", "infinity"):
+        return math.inf
+    try:
+        value = float(text)
+    except ValueError:
+        raise PlanError(f"--request-rate {text!r} is not a number; give requests/s, or 'inf' for all at once") from None
+    if not value > 0:
+        raise PlanError(f"--request-rate {text} must be positive (requests/s; 'inf' = all at once)")
+    return value
+
+
+def _prices(text: str | None, gpus: list[str]) -> dict[str, float]:
+    """'2.5' (every GPU) or 'H100=2.5,H200=3.5' -> {catalog name: $/GPU-hour}."""
+    from meshplan.specs import load_gpu
+
+    if not text:
+        return {}
+    out: dict[str, float] = {}
+    try:
+        if "=" not in text:
+            return {load_gpu(g).name: float(text) for g in gpus}
+        for item in text.split(","):
+            name, _, value = item.partition("=")
+            out[load_gpu(name.strip()).name] = float(value)
+    except ValueError:
+        raise PlanError(f"--gpu-hour-price {text!r} is not like 2.5 or H100=2.5,H200=3.5") from None
+    if any(v <= 0 for v in out.values()):
+        raise PlanError(f"--gpu-hour-price {text!r}: prices must be positive")
+    return out
+
+
+def _estimate_line(line: str) -> dict[str, Any]:
+    from meshplan.serve.estimate import estimate_serving
+
+    try:
+        fields = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return {"error": f"not a JSON object ({exc.msg} at column {exc.colno}); write one JSON object per line"}
+    if not isinstance(fields, dict):
+        return {"error": "not a JSON object; write one JSON object per line"}
+    try:
+        return estimate_serving({"simulate": False, **fields}).model_dump(mode="json")
+    except PlanError as exc:
+        return {"error": str(exc)}
+
+
+def _ms(x: float) -> str:
+    return f"{x:,.1f}" if x < 1000 else f"{x:,.0f}"
+
+
+def estimate_tables(e: Any) -> list[Table]:
+    d = e.deployment
+    head = Table(title=f"{e.model} on {e.num_gpus} x {e.gpu}: {d.label()} ({e.engine})", show_header=False,
+                 title_justify="left", min_width=72)
+    head.add_column(style="bold")
+    head.add_column(justify="right")
+    w = e.workload
+    load = f"concurrency {w.concurrency}" if w.concurrency else f"rate {w.request_rate:g} req/s"
+    pct = e.percentiles
+    rows = [
+        ("workload", f"isl {w.isl}, osl {w.osl}, {load}"),
+        ("TTFT mean", f"{_ms(e.ttft_ms)} ms"),
+        ("TPOT mean", f"{_ms(e.tpot_ms)} ms"),
+    ]
+    for m, name in (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT")):
+        if m in pct:
+            rows.append((f"{name} p50 / p90 / p99", " / ".join(f"{_ms(v)}" for v in pct[m].values()) + " ms"))
+    rows += [
+        ("output tokens/s", f"{e.output_tokens_per_s_total:,.0f}"),
+        ("output tokens/s per GPU", f"{e.output_tokens_per_s_per_gpu:,.1f}"),
+        ("output tokens/s per user", f"{e.output_tokens_per_s_per_user:,.1f}"),
+        ("sequences in flight per instance", f"{e.batch:,.0f}"),
+        ("KV cache per instance", f"{e.kv_capacity_tokens:,.0f} tokens"),
+        ("memory per GPU", ", ".join(f"{k} {v:,.1f} GB" for k, v in e.memory_gb.items())),
+    ]
+    if e.disagg:
+        rows.append(("disaggregated", f"prefill {e.disagg['prefill_requests_per_s']:.2f} req/s, decode "
+                                      f"{e.disagg['decode_requests_per_s']:.2f} req/s, bottleneck {e.disagg['bottleneck']}, "
+                                      f"KV transfer {e.disagg['kv_transfer_ms']:.1f} ms"))
+    for k, v in rows:
+        head.add_row(k, v)
+    terms = Table(title="iteration time at the steady-state load", title_justify="left")
+    terms.add_column("term")
+    terms.add_column("ms", justify="right")
+    terms.add_column("source")
+    for k, v in e.breakdown.items():
+        if v > 0:
+            terms.add_row(k, f"{v:,.2f}", e.formulas.get(k, ""))
+    prov = Table(title="where the figures come from", title_justify="left", show_header=False)
+    prov.add_column(style="bold")
+    prov.add_column()
+    for k, v in e.provenance.items():
+        prov.add_row(k, v)
+    return [head, terms, prov]
+
+
+def ranked_table(result: Any, title: str, show_cost: bool, targets: bool) -> Table:
+    t = Table(title=title, title_justify="left")
+    for col, just in [("#", "right"), ("GPU", "left"), ("deployment", "left"), ("GPUs", "right"),
+                      ("TTFT ms", "right"), ("TPOT ms", "right"), ("tok/s/GPU", "right"), ("tok/s/user", "right"),
+                      ("weights GB", "right"), ("KV tokens", "right")]:
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    if targets:
+        t.add_column("TTFT/TPOT @pct (sim)", justify="right")
+    if show_cost:
+        t.add_column("$/M tok", justify="right")
+    for i, c in enumerate(result.ranked, 1):
+        row = [str(i), c.gpu, c.deployment.label(), str(c.num_gpus), _ms(c.ttft_s * 1e3), _ms(c.tpot_s * 1e3),
+               f"{c.per_gpu:,.1f}", f"{c.per_user:,.1f}", f"{c.weights_gb:,.1f}", f"{c.kv_tokens:,.0f}"]
+        if targets:
+            row.append(" / ".join("-" if v is None else _ms(v * 1e3) for v in (c.ttft_pct_s, c.tpot_pct_s)))
+        if show_cost:
+            row.append("-" if c.cost_per_m_tokens is None else f"{c.cost_per_m_tokens:,.3f}")
+        t.add_row(*row)
+    return t
+
+
+def pareto_table(front: list[Any]) -> Table:
+    t = Table(title="Pareto frontier: tokens/s per GPU against tokens/s per user", title_justify="left")
+    for col in ("GPU", "deployment", "tok/s/user", "tok/s/GPU", "TTFT ms"):
+        t.add_column(col, justify="left" if col in ("GPU", "deployment") else "right")
+    step = max(1, len(front) // 12)
+    for c in front[::step]:
+        t.add_row(c.gpu, c.deployment.label(), f"{c.per_user:,.1f}", f"{c.per_gpu:,.1f}", _ms(c.ttft_s * 1e3))
+    return t
+
+
+def serve_cmd(
+    model: Annotated[Optional[str], Opt(help="Preset name or path to a Hugging Face config.json.")] = None,
+    gpu: Annotated[Optional[str], Opt(help="GPU type, or several: H100,H200,B200.")] = None,
+    num_gpus: Annotated[Optional[int], Opt(help="GPUs (per GPU type); the upper bound for --objective gpus.")] = None,
+    isl: Annotated[Optional[int], Opt(help="Prompt length, tokens (mean).")] = None,
+    osl: Annotated[Optional[int], Opt(help="Output length, tokens (mean).")] = None,
+    concurrency: Annotated[Optional[int], Opt(help="Closed loop: requests in flight.")] = None,
+    request_rate: Annotated[Optional[str], Opt(help="Poisson arrivals, requests/s ('inf' = all at once).")] = None,
+    prefix_hit: Annotated[float, Opt(help="Prefix-cache hit rate of prompt tokens, 0..1.")] = 0.0,
+    length_cv: Annotated[float, Opt(help="Spread of lengths (coefficient of variation) in the simulation.")] = 0.0,
+    ttft: Annotated[Optional[str], Opt(help="TTFT target, e.g. 2s@p90.")] = None,
+    tpot: Annotated[Optional[str], Opt(help="TPOT target, e.g. 50ms@p99.")] = None,
+    objective: Annotated[str, Opt(help="throughput (tok/s per GPU), gpus (fewest for --request-rate), cost.")] = "throughput",
+    gpu_hour_price: Annotated[Optional[str], Opt(help="$ per GPU-hour: 2.5, or H100=2.5,H200=3.5.")] = None,
+    precision: Annotated[str, Opt(help="Weight precisions to consider: bf16,fp8,fp4 (estimate: one).")] = "bf16,fp8",
+    kv_dtype: Annotated[Optional[str], Opt(help="KV-cache dtype (estimate; default fp8 with fp8/fp4 weights).")] = None,
+    engine: Annotated[str, Opt(help="Engine whose defaults and fitted overheads apply: vllm, sglang, trtllm.")] = "vllm",
+    tp: Annotated[int, Opt(help="Tensor parallelism (estimate).")] = 1,
+    pp: Annotated[int, Opt(help="Pipeline parallelism (estimate).")] = 1,
+    ep: Annotated[int, Opt(help="Expert parallelism (estimate).")] = 1,
+    attn_dp: Annotated[int, Opt(help="Attention data parallelism for MoE (estimate).")] = 1,
+    replicas: Annotated[Optional[int], Opt(help="Engine instances (estimate; default fills --num-gpus).")] = None,
+    max_batch: Annotated[Optional[int], Opt(help="Sequences in flight per instance (estimate).")] = None,
+    chunk_tokens: Annotated[Optional[int], Opt(help="Chunked-prefill tokens per iteration (estimate).")] = None,
+    max_pp: Annotated[int, Opt(help="Largest pp the search considers.")] = 4,
+    estimate: Annotated[bool, Opt("--estimate", help="Price the one deployment given by the flags.")] = False,
+    batch: Annotated[Optional[Path], Opt(help="With --estimate: JSONL, one request per line, one JSON result per line.")] = None,
+    plan: Annotated[Optional[Path], Opt(help="A serving plan.json (from --out): price it again.")] = None,
+    top_k: Annotated[int, Opt(help="Deployments to show.")] = 8,
+    launch: Annotated[bool, Opt("--launch/--no-launch", help="Print launch commands for the best deployment.")] = True,
+    plot: Annotated[Optional[Path], Opt(help="Write the Pareto plot to this .png or .svg.")] = None,
+    out: Annotated[Optional[Path], Opt(help="Write the best deployment as a serving plan.json.")] = None,
+    as_json: Annotated[bool, Opt("--json", help="Print JSON.")] = False,
+) -> None:
+    """Plan LLM serving: the best deployment for a model, GPUs and workload (or price one with --estimate)."""
+    if batch is not None:
+        if not estimate:
+            _fail("--batch needs --estimate (it prices one deployment per line)")
+        if not batch.is_file():
+            _fail(f"--batch {str(batch)!r} is not a file; pass a JSONL file with one request per line")
+        for line in batch.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                print(json.dumps(_estimate_line(line)), flush=True)
+        return
+    try:
+        if plan is not None:
+            _reprice(plan, as_json)
+            return
+        missing = [f for f, v in [("--model", model), ("--gpu", gpu), ("--isl", isl), ("--osl", osl)] if v is None]
+        if concurrency is None and request_rate is None:
+            missing.append("--concurrency or --request-rate")
+        if not estimate and num_gpus is None:
+            missing.append("--num-gpus")
+        if missing:
+            raise PlanError(f"missing {', '.join(missing)}; `meshplan serve --help` shows every option")
+        if concurrency is not None and request_rate is not None:
+            raise PlanError("give --concurrency or --request-rate, not both")
+        if concurrency is not None and concurrency <= 0:
+            raise PlanError(f"--concurrency {concurrency} must be positive")
+        rate = _rate(request_rate)
+        gpus = [g.strip() for g in str(gpu).split(",") if g.strip()]
+        if estimate:
+            _estimate(dict(model=model, gpu=gpus[0], num_gpus=num_gpus, tp=tp, pp=pp, ep=ep, attn_dp=attn_dp,
+                           replicas=replicas, precision=precision, kv_dtype=kv_dtype, isl=isl, osl=osl,
+                           concurrency=concurrency, request_rate=rate, prefix_hit=prefix_hit, length_cv=length_cv,
+                           engine=engine, max_batch=max_batch, chunk_tokens=chunk_tokens), as_json, out)
+            return
+        _search(model, gpus, num_gpus, isl, osl, concurrency, rate, prefix_hit, length_cv, ttft, tpot, objective,  # type: ignore[arg-type]
+                _prices(gpu_hour_price, gpus), precision, engine, max_pp, top_k, launch, plot, out, as_json)
+    except PlanError as exc:
+        _fail(str(exc))
+
+
+def _estimate(fields: dict[str, Any], as_json: bool, out: Path | None) -> None:
+    from meshplan.cli.render import print_tables
+    from meshplan.serve.estimate import estimate_serving
+
+    if "," in str(fields["precision"]):
+        raise PlanError(f"--precision {fields['precision']!r}: --estimate prices one precision; give one of bf16, fp16, fp8, fp4")
+    result = estimate_serving({k: v for k, v in fields.items() if v is not None})
+    if as_json:
+        print(json.dumps(result.model_dump(mode="json"), indent=2))
+    else:
+        print_tables(estimate_tables(result))
+    if out is not None:
+        _write(result, out, {"how": "meshplan serve --estimate"})
+
+
+def _write(result: Any, out: Path, search: dict[str, Any]) -> None:
+    from meshplan import __version__
+    from meshplan.plan import ServingPlan, write_plan
+    from meshplan.serve.launch import hf_id_for, launch_commands
+    from meshplan.specs import load_gpu, load_model
+
+    model = load_model(result.model)
+    plan = ServingPlan(meshplan_version=__version__, model=model, gpu=load_gpu(result.gpu),
+                       deployment=result.deployment.model_dump(), workload=result.workload.model_dump(mode="json"),
+                       engine=result.engine, estimate=result.model_dump(mode="json"),
+                       launch=launch_commands(hf_id_for(model.name), result.deployment), search=search)
+    write_plan(plan, out)
+    Console(stderr=True).print(f"wrote {escape(str(out))}", highlight=False)
+
+
+def _reprice(path: Path, as_json: bool) -> None:
+    from meshplan.cli.render import print_tables
+    from meshplan.plan import read_serving_plan
+    from meshplan.serve.estimate import estimate_serving
+
+    p = read_serving_plan(path)
+    w, d = p.workload, p.deployment
+    result = estimate_serving(dict(model=p.model.name, gpu=p.gpu.name, **{k: d[k] for k in (
+        "tp", "pp", "ep", "attn_dp", "replicas", "precision", "kv_dtype", "max_batch", "chunk_tokens")},
+        **{k: w[k] for k in ("isl", "osl", "concurrency", "request_rate", "prefix_hit", "length_cv", "num_requests")},
+        engine=p.engine))
+    if as_json:
+        print(json.dumps(result.model_dump(mode="json"), indent=2))
+    else:
+        print_tables(estimate_tables(result))
+
+
+def _search(model_name: str, gpus: list[str], num_gpus: int, isl: int, osl: int, concurrency: int | None,
+            rate: float | None, prefix_hit: float, length_cv: float, ttft: str | None, tpot: str | None,
+            objective: str, prices: dict[str, float], precision: str, engine: str, max_pp: int, top_k: int,
+            launch: bool, plot: Path | None, out: Path | None, as_json: bool) -> None:
+    from meshplan.cli.render import print_tables
+    from meshplan.serve.estimate import estimate_serving
+    from meshplan.serve.launch import hf_id_for, launch_commands
+    from meshplan.serve.search import ServeSearchRequest, search_serving
+    from meshplan.serve.workload import LatencyTarget, ServeWorkload
+    from meshplan.specs import load_gpu, load_model
+
+    if objective not in ("throughput", "gpus", "cost"):
+        raise PlanError(f"--objective {objective!r} is not one of throughput, gpus, cost")
+    if num_gpus <= 0:
+        raise PlanError(f"--num-gpus {num_gpus} must be positive")
+    precisions = tuple(p.strip() for p in precision.split(","))
+    for p in precisions:
+        if p not in ("bf16", "fp16", "fp8", "fp4"):
+            raise PlanError(f"--precision {p!r} is not one of bf16, fp16, fp8, fp4")
+    if engine not in ("vllm", "sglang", "trtllm"):
+        raise PlanError(f"--engine {engine!r} is not one of vllm, sglang, trtllm")
+    work = ServeWorkload(isl=isl, osl=osl, concurrency=concurrency, request_rate=rate, prefix_hit=prefix_hit,
+                         length_cv=length_cv)
+    req = ServeSearchRequest(
+        model=load_model(model_name), gpus=tuple(load_gpu(g) for g in gpus), num_gpus=num_gpus, workload=work,
+        engine=engine, precisions=precisions, ttft=LatencyTarget.parse(ttft, "--ttft") if ttft else None,
+        tpot=LatencyTarget.parse(tpot, "--tpot") if tpot else None, objective=objective,  # type: ignore[arg-type]
+        gpu_hour_price=prices, max_pp=max_pp, top_k=top_k)
+    result = search_serving(req)
+    best = result.ranked[0] if result.ranked else None
+    detail = None
+    if best is not None:
+        d = best.deployment
+        detail = estimate_serving(dict(model=model_name, gpu=best.gpu, num_gpus=d.num_gpus, tp=d.tp, pp=d.pp,
+                                       ep=d.ep, attn_dp=d.attn_dp, replicas=d.replicas, precision=d.precision,
+                                       kv_dtype=d.kv_dtype, isl=isl, osl=osl, concurrency=concurrency,
+                                       request_rate=rate, prefix_hit=prefix_hit, length_cv=length_cv, engine=engine,
+                                       max_batch=d.max_batch, chunk_tokens=d.chunk_tokens))
+    if plot is not None:
+        from meshplan.serve.plot import plot_pareto
+        from meshplan.serve.search import Candidate  # noqa: F401  (type of the points)
+
+        plot_pareto(result.pareto, result.pareto, best, plot,
+                    f"{req.model.name}, isl {isl} / osl {osl}, {engine}: {len(result.pareto)} Pareto points")
+    if as_json:
+        print(json.dumps({
+            "objective": objective, "candidates": result.num_candidates, "fit": result.num_fit,
+            "meet_targets": result.num_meet, "seconds": result.seconds,
+            "ranked": [{"gpu": c.gpu, "deployment": c.deployment.model_dump(), "ttft_ms": c.ttft_s * 1e3,
+                        "tpot_ms": c.tpot_s * 1e3, "output_tokens_per_s_total": c.output_tokens_per_s,
+                        "output_tokens_per_s_per_gpu": c.per_gpu, "output_tokens_per_s_per_user": c.per_user,
+                        "num_gpus": c.num_gpus, "cost_per_m_tokens": c.cost_per_m_tokens,
+                        "ttft_at_target_pct_ms": None if c.ttft_pct_s is None else c.ttft_pct_s * 1e3,
+                        "tpot_at_target_pct_ms": None if c.tpot_pct_s is None else c.tpot_pct_s * 1e3}
+                       for c in result.ranked],
+            "pareto": [{"gpu": c.gpu, "deployment": c.deployment.label(), "tok_s_per_gpu": c.per_gpu,
+                        "tok_s_per_user": c.per_user} for c in result.pareto],
+            "best": detail.model_dump(mode="json") if detail else None,
+        }, indent=2))
+    else:
+        load = f"concurrency {concurrency}" if concurrency else f"{rate:g} req/s"
+        targets = ", ".join(t for t in (f"TTFT {ttft}" if ttft else "", f"TPOT {tpot}" if tpot else "") if t)
+        title = (f"{req.model.name} on {num_gpus} x {'/'.join(g.name for g in req.gpus)}, isl {isl} osl {osl}, {load}"
+                 f"{', ' + targets if targets else ''}: top {len(result.ranked)} by {objective}")
+        print_tables([ranked_table(result, title, bool(prices), bool(ttft or tpot)), pareto_table(result.pareto)])
+        console = Console(width=120)
+        console.print(f"{result.num_candidates:,} deployments priced in {result.seconds:.2f} s: {result.num_fit:,} fit "
+                      f"and keep up, {result.num_meet:,} meet the targets; TTFT/TPOT are steady-state means, "
+                      "@pct columns from the scheduler simulation.", highlight=False)
+        if detail is not None:
+            print_tables(estimate_tables(detail)[:1])
+        if launch and best is not None:
+            console.print("[bold]launch commands for #1[/bold]")
+            for cmd in launch_commands(hf_id_for(req.model.name), best.deployment).values():
+                console.print(escape(cmd), highlight=False, soft_wrap=True)
+    if out is not None and detail is not None:
+        _write(detail, out, {"objective": objective, "rank": 1, "candidates": result.num_candidates})
