@@ -119,7 +119,10 @@ def iteration_model(model: ModelSpec, cluster: ClusterSpec, t: DeploymentTable, 
     experts = float(model.expert_params_total())
     weights = weight_bytes_per_gpu(model, t)
     expert_bytes = t.weight_bytes * experts / (t.tp * t.attn_dp * t.pp)
-    dense_bytes = weights - expert_bytes
+    # A decode step reads every weight once, except the input embedding, of which it looks up a few rows
+    # (a tied embedding is read whole as the LM head).
+    embedding = 0.0 if model.tied_embeddings else float(model.embedding_params())
+    dense_bytes = weights - expert_bytes - t.weight_bytes * embedding / (t.tp * t.pp)
     # FLOPs per token of one stage's linear layers (2 per active parameter, Kaplan et al. 2020 §2.1),
     # non-expert part split over tp within an attention-DP rank, routed experts over all tp·attn_dp GPUs.
     lm_head = float(lm_head_gemm(model).n * lm_head_gemm(model).k)

@@ -48,7 +48,9 @@ def run_inputs(run: PublishedServingRun) -> tuple[Deployment, ServeWorkload, Sch
     return dep, work, scheduler
 
 
-def predict_run(run: PublishedServingRun, eff: ServingEfficiency) -> RunPrediction:
+def predict_run(run: PublishedServingRun, eff: ServingEfficiency, simulate_rates: bool = False) -> RunPrediction:
+    """Predicted TTFT (ms), TPOT (ms) and output tokens/s of a run; with `simulate_rates`, finite-rate
+    (open-loop) rows come from the scheduler simulation, as `meshplan serve --estimate` prices them."""
     dep, work, scheduler = run_inputs(run)
     table = DeploymentTable.of([dep])
     cluster = make_cluster(run.gpu, max(run.num_gpus, 1), gpus_per_node=max(run.gpu.default_gpus_per_node, 1)
@@ -59,6 +61,14 @@ def predict_run(run: PublishedServingRun, eff: ServingEfficiency) -> RunPredicti
                        table.replicas, scheduler, eff.request_overhead_for(run.engine), eff.closed_loop_burst)
     predicted = {"ttft": float(fig.ttft_s[0]) * 1e3, "tpot": float(fig.tpot_s[0]) * 1e3,
                  "throughput": float(fig.output_tokens_per_s[0] * dep.replicas)}
+    if simulate_rates and run.request_rate is not None and not run.offline:
+        from meshplan.serve.simulate import simulate
+
+        sim = simulate(it, work, kv_tokens=float(cap.kv_tokens[0]), max_batch=dep.max_batch,
+                       chunk_tokens=dep.chunk_tokens, replicas=dep.replicas,
+                       request_overhead_s=eff.request_overhead_for(run.engine), num_requests=600)
+        predicted = {"ttft": float(sim.ttft_s.mean()) * 1e3, "tpot": float(sim.tpot_s.mean()) * 1e3,
+                     "throughput": float(sim.output_tokens_per_s) * dep.replicas}
     ttft = run.measured_ttft_ms
     if run.offline:  # TTFT of an all-at-once run depends on the request count, which no source states
         ttft = None
@@ -82,9 +92,12 @@ _ARCHS = ("ampere", "hopper", "blackwell")
 _ENGINES = ("trtllm", "vllm", "sglang", "unknown")
 
 
-def _names() -> list[str]:
-    return ([f"compute.{a}" for a in _ARCHS] + ["hbm"] + [f"iteration_overhead_s.{e}" for e in _ENGINES]
-            + [f"request_overhead_s.{e}" for e in _ENGINES] + ["sequence_overhead_s", "closed_loop_burst"])
+def _names(runs: Sequence[PublishedServingRun]) -> list[str]:
+    """The parameters the runs can inform: architectures and engines without runs keep their start values."""
+    archs = [a for a in _ARCHS if any(r.gpu.architecture == a for r in runs)]
+    engines = [e for e in _ENGINES if any(r.engine == e for r in runs)]
+    return ([f"compute.{a}" for a in archs] + ["hbm"] + [f"iteration_overhead_s.{e}" for e in engines]
+            + [f"request_overhead_s.{e}" for e in engines] + ["sequence_overhead_s", "closed_loop_burst"])
 
 
 def _bounds(name: str) -> tuple[float, float]:
@@ -136,7 +149,7 @@ def fit_serving(runs: Sequence[PublishedServingRun], base: ServingEfficiency) ->
     """Least-squares fit of the serving factors to every measured figure of `runs` (soft-L1 on log errors)."""
     from scipy.optimize import least_squares
 
-    names = _names()
+    names = _names(runs)
     scale = np.array([_scale(n) for n in names])
     start = []
     for name in names:
