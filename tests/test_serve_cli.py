@@ -47,9 +47,9 @@ def test_estimate_batch_keys_errors_and_order(tmp_path: Path) -> None:
     assert out[4]["disagg"]["bottleneck"] in ("prefill", "decode")
     # disaggregation takes prefill interference out of TPOT: 4 decode workers of tp2 at concurrency 16 (4
     # sequences each) vs the same model aggregated on 4 tp2 replicas under the same load
-    agg = [json.loads(line) for line in _run(["serve", "--estimate", "--batch", str(_one(tmp_path, {
+    agg = json.loads(_run(["serve", "--estimate", "--batch", str(_one(tmp_path, {
         "model": "Llama-3.1-70B", "gpu": "H100", "num_gpus": 8, "tp": 2, "precision": "fp8", "isl": 1024,
-        "osl": 1024, "concurrency": 16}))]).output.splitlines()][0]
+        "osl": 1024, "concurrency": 16}))]).output.splitlines()[0])
     assert out[4]["tpot_ms"] < agg["tpot_ms"]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from meshplan.errors import PlanError
 from meshplan.serve.capacity import capacity
 from meshplan.serve.cost import iteration_model
 from meshplan.serve.deployment import Deployment, DeploymentTable
@@ -13,7 +14,6 @@ from meshplan.serve.simulate import simulate
 from meshplan.serve.steady import steady_state
 from meshplan.serve.workload import LatencyTarget, ServeWorkload
 from meshplan.specs import load_gpu, load_model, make_cluster
-from meshplan.errors import PlanError
 
 EFF = default_serving_efficiency()
 
@@ -28,7 +28,7 @@ def _setup(workload: ServeWorkload, **kw: object):  # type: ignore[no-untyped-de
 
 
 def _sim(workload: ServeWorkload, n: int = 300, **kw: object):  # type: ignore[no-untyped-def]
-    dep, t, cap, it = _setup(workload, **kw)
+    dep, _, cap, it = _setup(workload, **kw)
     return simulate(it, workload, kv_tokens=float(cap.kv_tokens[0]), max_batch=dep.max_batch,
                     chunk_tokens=dep.chunk_tokens, replicas=dep.replicas, num_requests=n)
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from meshplan.cost.efficiency import Efficiency
 from meshplan.errors import PlanError
@@ -60,9 +60,10 @@ class ServingPlan(Frozen):
     """Engine whose defaults and fitted overheads priced the plan."""
     estimate: dict[str, Any]
     """The `ServeEstimate` (TTFT/TPOT, throughput, memory, breakdown, provenance)."""
-    launch: dict[str, str] = {}
+    launch: dict[str, str] = Field(default_factory=dict)
     """Launch commands per engine, each with the engine version it was written for."""
-    search: dict[str, Any] = {}
+    search: dict[str, Any] = Field(default_factory=dict)
+    """How the plan was found (objective, rank, candidates priced)."""
 
 
 def write_plan(plan: Plan | ServingPlan, path: Path) -> None:

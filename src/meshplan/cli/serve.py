@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -102,9 +102,9 @@ def estimate_tables(e: Any) -> list[Table]:
         ("memory per GPU", ", ".join(f"{k} {v:,.1f} GB" for k, v in e.memory_gb.items())),
     ]
     if e.disagg:
-        rows.append(("disaggregated", f"prefill {e.disagg['prefill_requests_per_s']:.2f} req/s, decode "
+        rows.append(("disaggregated", (f"prefill {e.disagg['prefill_requests_per_s']:.2f} req/s, decode "
                                       f"{e.disagg['decode_requests_per_s']:.2f} req/s, bottleneck {e.disagg['bottleneck']}, "
-                                      f"KV transfer {e.disagg['kv_transfer_ms']:.1f} ms"))
+                                      f"KV transfer {e.disagg['kv_transfer_ms']:.1f} ms")))
     for k, v in rows:
         head.add_row(k, v)
     terms = Table(title="iteration time at the steady-state load", title_justify="left")
@@ -154,37 +154,37 @@ def pareto_table(front: list[Any]) -> Table:
 
 
 def serve_cmd(
-    model: Annotated[Optional[str], Opt(help="Preset name or path to a Hugging Face config.json.")] = None,
-    gpu: Annotated[Optional[str], Opt(help="GPU type, or several: H100,H200,B200.")] = None,
-    num_gpus: Annotated[Optional[int], Opt(help="GPUs (per GPU type); the upper bound for --objective gpus.")] = None,
-    isl: Annotated[Optional[int], Opt(help="Prompt length, tokens (mean).")] = None,
-    osl: Annotated[Optional[int], Opt(help="Output length, tokens (mean).")] = None,
-    concurrency: Annotated[Optional[int], Opt(help="Closed loop: requests in flight.")] = None,
-    request_rate: Annotated[Optional[str], Opt(help="Poisson arrivals, requests/s ('inf' = all at once).")] = None,
+    model: Annotated[str | None, Opt(help="Preset name or path to a Hugging Face config.json.")] = None,
+    gpu: Annotated[str | None, Opt(help="GPU type, or several: H100,H200,B200.")] = None,
+    num_gpus: Annotated[int | None, Opt(help="GPUs (per GPU type); the upper bound for --objective gpus.")] = None,
+    isl: Annotated[int | None, Opt(help="Prompt length, tokens (mean).")] = None,
+    osl: Annotated[int | None, Opt(help="Output length, tokens (mean).")] = None,
+    concurrency: Annotated[int | None, Opt(help="Closed loop: requests in flight.")] = None,
+    request_rate: Annotated[str | None, Opt(help="Poisson arrivals, requests/s ('inf' = all at once).")] = None,
     prefix_hit: Annotated[float, Opt(help="Prefix-cache hit rate of prompt tokens, 0..1.")] = 0.0,
     length_cv: Annotated[float, Opt(help="Spread of lengths (coefficient of variation) in the simulation.")] = 0.0,
-    ttft: Annotated[Optional[str], Opt(help="TTFT target, e.g. 2s@p90.")] = None,
-    tpot: Annotated[Optional[str], Opt(help="TPOT target, e.g. 50ms@p99.")] = None,
+    ttft: Annotated[str | None, Opt(help="TTFT target, e.g. 2s@p90.")] = None,
+    tpot: Annotated[str | None, Opt(help="TPOT target, e.g. 50ms@p99.")] = None,
     objective: Annotated[str, Opt(help="throughput (tok/s per GPU), gpus (fewest for --request-rate), cost.")] = "throughput",
-    gpu_hour_price: Annotated[Optional[str], Opt(help="$ per GPU-hour: 2.5, or H100=2.5,H200=3.5.")] = None,
+    gpu_hour_price: Annotated[str | None, Opt(help="$ per GPU-hour: 2.5, or H100=2.5,H200=3.5.")] = None,
     precision: Annotated[str, Opt(help="Weight precisions to consider: bf16,fp8,fp4 (estimate: one).")] = "bf16,fp8",
-    kv_dtype: Annotated[Optional[str], Opt(help="KV-cache dtype (estimate; default fp8 with fp8/fp4 weights).")] = None,
+    kv_dtype: Annotated[str | None, Opt(help="KV-cache dtype (estimate; default fp8 with fp8/fp4 weights).")] = None,
     engine: Annotated[str, Opt(help="Engine whose defaults and fitted overheads apply: vllm, sglang, trtllm.")] = "vllm",
     tp: Annotated[int, Opt(help="Tensor parallelism (estimate).")] = 1,
     pp: Annotated[int, Opt(help="Pipeline parallelism (estimate).")] = 1,
     ep: Annotated[int, Opt(help="Expert parallelism (estimate).")] = 1,
     attn_dp: Annotated[int, Opt(help="Attention data parallelism for MoE (estimate).")] = 1,
-    replicas: Annotated[Optional[int], Opt(help="Engine instances (estimate; default fills --num-gpus).")] = None,
-    max_batch: Annotated[Optional[int], Opt(help="Sequences in flight per instance (estimate).")] = None,
-    chunk_tokens: Annotated[Optional[int], Opt(help="Chunked-prefill tokens per iteration (estimate).")] = None,
+    replicas: Annotated[int | None, Opt(help="Engine instances (estimate; default fills --num-gpus).")] = None,
+    max_batch: Annotated[int | None, Opt(help="Sequences in flight per instance (estimate).")] = None,
+    chunk_tokens: Annotated[int | None, Opt(help="Chunked-prefill tokens per iteration (estimate).")] = None,
     max_pp: Annotated[int, Opt(help="Largest pp the search considers.")] = 4,
     estimate: Annotated[bool, Opt("--estimate", help="Price the one deployment given by the flags.")] = False,
-    batch: Annotated[Optional[Path], Opt(help="With --estimate: JSONL, one request per line, one JSON result per line.")] = None,
-    plan: Annotated[Optional[Path], Opt(help="A serving plan.json (from --out): price it again.")] = None,
+    batch: Annotated[Path | None, Opt(help="With --estimate: JSONL, one request per line, one JSON result per line.")] = None,
+    plan: Annotated[Path | None, Opt(help="A serving plan.json (from --out): price it again.")] = None,
     top_k: Annotated[int, Opt(help="Deployments to show.")] = 8,
     launch: Annotated[bool, Opt("--launch/--no-launch", help="Print launch commands for the best deployment.")] = True,
-    plot: Annotated[Optional[Path], Opt(help="Write the Pareto plot to this .png or .svg.")] = None,
-    out: Annotated[Optional[Path], Opt(help="Write the best deployment as a serving plan.json.")] = None,
+    plot: Annotated[Path | None, Opt(help="Write the Pareto plot to this .png or .svg.")] = None,
+    out: Annotated[Path | None, Opt(help="Write the best deployment as a serving plan.json.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print JSON.")] = False,
 ) -> None:
     """Plan LLM serving: the best deployment for a model, GPUs and workload (or price one with --estimate)."""
@@ -215,10 +215,12 @@ def serve_cmd(
         rate = _rate(request_rate)
         gpus = [g.strip() for g in str(gpu).split(",") if g.strip()]
         if estimate:
-            _estimate(dict(model=model, gpu=gpus[0], num_gpus=num_gpus, tp=tp, pp=pp, ep=ep, attn_dp=attn_dp,
-                           replicas=replicas, precision=precision, kv_dtype=kv_dtype, isl=isl, osl=osl,
-                           concurrency=concurrency, request_rate=rate, prefix_hit=prefix_hit, length_cv=length_cv,
-                           engine=engine, max_batch=max_batch, chunk_tokens=chunk_tokens), as_json, out)
+            fields = {"model": model, "gpu": gpus[0], "num_gpus": num_gpus, "tp": tp, "pp": pp, "ep": ep,
+                      "attn_dp": attn_dp, "replicas": replicas, "precision": precision, "kv_dtype": kv_dtype,
+                      "isl": isl, "osl": osl, "concurrency": concurrency, "request_rate": rate,
+                      "prefix_hit": prefix_hit, "length_cv": length_cv, "engine": engine, "max_batch": max_batch,
+                      "chunk_tokens": chunk_tokens}
+            _estimate(fields, as_json, out)
             return
         _search(model, gpus, num_gpus, isl, osl, concurrency, rate, prefix_hit, length_cv, ttft, tpot, objective,  # type: ignore[arg-type]
                 _prices(gpu_hour_price, gpus), precision, engine, max_pp, top_k, launch, plot, out, as_json)
@@ -306,11 +308,9 @@ def _search(model_name: str, gpus: list[str], num_gpus: int, isl: int, osl: int,
     detail = None
     if best is not None:
         d = best.deployment
-        detail = estimate_serving(dict(model=model_name, gpu=best.gpu, num_gpus=d.num_gpus, tp=d.tp, pp=d.pp,
-                                       ep=d.ep, attn_dp=d.attn_dp, replicas=d.replicas, precision=d.precision,
-                                       kv_dtype=d.kv_dtype, isl=isl, osl=osl, concurrency=concurrency,
-                                       request_rate=rate, prefix_hit=prefix_hit, length_cv=length_cv, engine=engine,
-                                       max_batch=d.max_batch, chunk_tokens=d.chunk_tokens))
+        detail = estimate_serving({"model": model_name, "gpu": best.gpu, **d.model_dump(), "isl": isl, "osl": osl,
+                                   "concurrency": concurrency, "request_rate": rate, "prefix_hit": prefix_hit,
+                                   "length_cv": length_cv, "engine": engine})
     if plot is not None:
         from meshplan.serve.plot import plot_pareto
         from meshplan.serve.search import Candidate  # noqa: F401  (type of the points)

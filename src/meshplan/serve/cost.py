@@ -18,6 +18,7 @@ discrete-event simulation calls it per iteration cheaply.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,7 @@ import numpy as np
 from meshplan.cost.comm import Links, all_reduce_time, all_to_all_time, p2p_time
 from meshplan.cost.efficiency import default_efficiency
 from meshplan.cost.flops import lm_head_gemm
-from meshplan.serve.capacity import ACTIVATION_BYTES, weight_bytes_per_gpu, kv_bytes_per_token
+from meshplan.serve.capacity import ACTIVATION_BYTES, kv_bytes_per_token, weight_bytes_per_gpu
 from meshplan.serve.deployment import DeploymentTable
 from meshplan.serve.efficiency import ServingEfficiency
 from meshplan.specs.cluster import ClusterSpec
@@ -42,7 +43,7 @@ TERM_SOURCES = {
 }
 
 
-def compute_dtype(precision: str, gpu_peaks: dict[str, float]) -> str:
+def compute_dtype(precision: str, gpu_peaks: Collection[str]) -> str:
     """The tensor-core dtype a precision computes in: itself when the GPU has it, else the next wider one
     (fp4 weights on Hopper run fp8 GEMMs; fp8 on Ampere runs fp16)."""
     for dtype in {"fp4": ("fp4", "fp8", "bf16"), "fp8": ("fp8", "bf16")}.get(precision, (precision, "bf16")):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from meshplan.cost.comm import p2p_time, Links
+from meshplan.cost.comm import Links, p2p_time
 from meshplan.cost.efficiency import default_efficiency
 from meshplan.errors import PlanError
 from meshplan.serve.capacity import capacity, kv_bytes_per_token

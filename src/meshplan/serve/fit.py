@@ -147,7 +147,7 @@ ROBUST_SCALE = 0.15  # log-error where the soft-L1 loss turns linear (as the tra
 
 def fit_serving(runs: Sequence[PublishedServingRun], base: ServingEfficiency) -> ServingFit:
     """Least-squares fit of the serving factors to every measured figure of `runs` (soft-L1 on log errors)."""
-    from scipy.optimize import least_squares
+    from scipy.optimize import least_squares  # type: ignore[import-untyped]
 
     names = _names(runs)
     scale = np.array([_scale(n) for n in names])
