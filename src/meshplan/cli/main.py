@@ -301,6 +301,11 @@ def run_cmd(
     as_json: Annotated[bool, Opt("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Execute a plan with PyTorch (torchrun; gloo on CPU, NCCL on GPU) and check loss parity."""
+    from meshplan.cli.serve import is_serving_plan, run_serving_plan
+
+    if is_serving_plan(plan):  # serving mode: prefill then decode on CPU processes, measured vs predicted
+        return run_serving_plan(plan, model=model, nproc=nproc, osl=steps, isl=seq_len, batch=global_batch,
+                                as_json=as_json)
     if steps <= 0:
         _fail(f"--steps {steps} must be positive")
     from meshplan.run import require_torch

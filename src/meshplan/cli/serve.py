@@ -350,3 +350,73 @@ def _search(model_name: str, gpus: list[str], num_gpus: int, isl: int, osl: int,
                 console.print(escape(cmd), highlight=False, soft_wrap=True)
     if out is not None and detail is not None:
         _write(detail, out, {"objective": objective, "rank": 1, "candidates": result.num_candidates})
+
+
+def is_serving_plan(path: Path) -> bool:
+    try:
+        return bool(json.loads(path.read_text(encoding="utf-8")).get("kind") == "serving")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def _run_model(name: str | None, tp: int) -> Any:
+    """The model the CPU run uses: a small Llama-style decoder sized to tp (default), or a preset/config."""
+    from meshplan.specs import ModelSpec, load_model
+
+    if name in (None, "tiny"):
+        heads = max(8, tp)
+        return ModelSpec(name="tiny-serve", num_layers=4, hidden=64 * heads, ffn_hidden=192 * heads,
+                         num_heads=heads, num_kv_heads=max(4, tp), head_dim=64, vocab=8192, gated_mlp=True,
+                         tied_embeddings=False)
+    return load_model(name)
+
+
+def run_serving_plan(path: Path, *, model: str | None, nproc: int | None, osl: int, isl: int | None,
+                     batch: int | None, as_json: bool) -> None:
+    """`meshplan run serve-plan.json`: the plan's tensor parallelism on CPU processes (gloo), measured TTFT and
+    TPOT of one batch next to the prediction from a profile measured in the same processes."""
+    from meshplan.cli.render import print_tables
+    from meshplan.plan import read_serving_plan
+    from meshplan.run import require_torch
+    from meshplan.serve.local import predict_static_batch
+
+    try:
+        require_torch()
+        plan = read_serving_plan(path)
+        tp = nproc if nproc is not None else min(int(plan.deployment["tp"]), 2)
+        if tp <= 0:
+            raise PlanError(f"--nproc {tp} must be positive")
+        if osl < 2:
+            raise PlanError(f"--steps {osl} (output tokens in serving mode) must be at least 2")
+        from meshplan.run.serving import ServeRunConfig, run_serving
+
+        spec = _run_model(model, tp)
+        cfg = ServeRunConfig(model=spec, tp=tp, batch=batch or 4, isl=isl or 128, osl=max(osl, 2))
+        result = run_serving(cfg)
+    except PlanError as exc:
+        _fail(str(exc))
+        return
+    ttft, tpot = predict_static_batch(spec, tp, cfg.batch, cfg.isl, cfg.osl, result.profile)
+    if as_json:
+        print(json.dumps({**result.model_dump(mode="json"), "predicted_ttft_s": ttft, "predicted_tpot_s": tpot},
+                         indent=2))
+        return
+    t = Table(title=f"serving run: {spec.name} tp{tp} on {tp} CPU processes (gloo), batch {cfg.batch}, "
+                    f"isl {cfg.isl}, osl {cfg.osl}, bf16", title_justify="left")
+    for col in ("", "measured", "predicted", "pred/meas"):
+        t.add_column(col, justify="right" if col else "left")
+    for name, meas, pred in (("TTFT (prefill of the batch)", result.ttft_s, ttft), ("TPOT", result.tpot_s, tpot)):
+        t.add_row(name, f"{meas * 1e3:,.1f} ms", f"{pred * 1e3:,.1f} ms", f"{pred / meas:.2f}")
+    p = result.profile
+    prof = Table(title="measured profile (layer 3: this machine, these processes)", title_justify="left",
+                 show_header=False)
+    prof.add_column(style="bold")
+    prof.add_column(justify="right")
+    prof.add_row("bf16 GEMM per process", f"{p['gemm_flops'] / 1e9:,.1f} GFLOP/s")
+    prof.add_row("memory copy per process", f"{p['memory_bytes_per_s'] / 1e9:,.2f} GB/s")
+    if tp > 1:
+        prof.add_row("all-reduce latency", f"{p['allreduce_latency_s'] * 1e6:,.0f} us")
+        prof.add_row("all-reduce bus bandwidth", f"{p['allreduce_bytes_per_s'] / 1e9:,.2f} GB/s")
+        prof.add_row("first-token logits vs 1 process", f"max rel diff {result.first_logits_max_rel_diff:.2e}")
+    print_tables([t, prof])
+    Console(stderr=True).print("timings are noisy when other processes share the CPU", highlight=False)
