@@ -167,7 +167,7 @@ def serve_cmd(
     tpot: Annotated[str | None, Opt(help="TPOT target, e.g. 50ms@p99.")] = None,
     objective: Annotated[str, Opt(help="throughput (tok/s per GPU), gpus (fewest for --request-rate), cost.")] = "throughput",
     gpu_hour_price: Annotated[str | None, Opt(help="$ per GPU-hour: 2.5, or H100=2.5,H200=3.5.")] = None,
-    precision: Annotated[str, Opt(help="Weight precisions to consider: bf16,fp8,fp4 (estimate: one).")] = "bf16,fp8",
+    precision: Annotated[str | None, Opt(help="Weight precisions to search (default bf16,fp8); --estimate: one (default bf16).")] = None,
     kv_dtype: Annotated[str | None, Opt(help="KV-cache dtype (estimate; default fp8 with fp8/fp4 weights).")] = None,
     engine: Annotated[str, Opt(help="Engine whose defaults and fitted overheads apply: vllm, sglang, trtllm.")] = "vllm",
     tp: Annotated[int, Opt(help="Tensor parallelism (estimate).")] = 1,
@@ -216,14 +216,14 @@ def serve_cmd(
         gpus = [g.strip() for g in str(gpu).split(",") if g.strip()]
         if estimate:
             fields = {"model": model, "gpu": gpus[0], "num_gpus": num_gpus, "tp": tp, "pp": pp, "ep": ep,
-                      "attn_dp": attn_dp, "replicas": replicas, "precision": precision, "kv_dtype": kv_dtype,
+                      "attn_dp": attn_dp, "replicas": replicas, "precision": precision or "bf16", "kv_dtype": kv_dtype,
                       "isl": isl, "osl": osl, "concurrency": concurrency, "request_rate": rate,
                       "prefix_hit": prefix_hit, "length_cv": length_cv, "engine": engine, "max_batch": max_batch,
                       "chunk_tokens": chunk_tokens}
             _estimate(fields, as_json, out)
             return
         _search(model, gpus, num_gpus, isl, osl, concurrency, rate, prefix_hit, length_cv, ttft, tpot, objective,  # type: ignore[arg-type]
-                _prices(gpu_hour_price, gpus), precision, engine, max_pp, top_k, launch, plot, out, as_json)
+                _prices(gpu_hour_price, gpus), precision or "bf16,fp8", engine, max_pp, top_k, launch, plot, out, as_json)
     except PlanError as exc:
         _fail(str(exc))
 
@@ -360,12 +360,16 @@ def is_serving_plan(path: Path) -> bool:
 
 
 def _run_model(name: str | None, tp: int) -> Any:
-    """The model the CPU run uses: a small Llama-style decoder sized to tp (default), or a preset/config."""
+    """The model the CPU run uses: a small Llama-style decoder sized to tp (default), 'tiny' (a smaller one, for
+    tests), or a preset/config."""
     from meshplan.specs import ModelSpec, load_model
 
-    if name in (None, "tiny"):
+    if name == "tiny":
+        return ModelSpec(name="tiny-serve", num_layers=2, hidden=256, ffn_hidden=512, num_heads=max(4, tp),
+                         num_kv_heads=max(2, tp), head_dim=64, vocab=1024, gated_mlp=True, tied_embeddings=False)
+    if name is None:
         heads = max(8, tp)
-        return ModelSpec(name="tiny-serve", num_layers=4, hidden=64 * heads, ffn_hidden=192 * heads,
+        return ModelSpec(name="small-serve", num_layers=4, hidden=128 * heads, ffn_hidden=384 * heads,
                          num_heads=heads, num_kv_heads=max(4, tp), head_dim=64, vocab=8192, gated_mlp=True,
                          tied_embeddings=False)
     return load_model(name)
@@ -414,6 +418,7 @@ def run_serving_plan(path: Path, *, model: str | None, nproc: int | None, osl: i
     prof.add_column(justify="right")
     prof.add_row("bf16 GEMM per process", f"{p['gemm_flops'] / 1e9:,.1f} GFLOP/s")
     prof.add_row("memory copy per process", f"{p['memory_bytes_per_s'] / 1e9:,.2f} GB/s")
+    prof.add_row("dispatch per tensor op", f"{p['op_overhead_s'] * 1e6:,.1f} us x {p['ops_per_iteration']:.0f} ops/iteration")
     if tp > 1:
         prof.add_row("all-reduce latency", f"{p['allreduce_latency_s'] * 1e6:,.0f} us")
         prof.add_row("all-reduce bus bandwidth", f"{p['allreduce_bytes_per_s'] / 1e9:,.2f} GB/s")

@@ -26,6 +26,12 @@ from meshplan.errors import PlanError
 from meshplan.specs.base import Frozen
 from meshplan.specs.model import ModelSpec
 
+# Tensor ops `_forward` dispatches per layer (norms 2x4, projections 3 + 3 views/transposes, cache 2 cats,
+# 2 repeat_interleave, attention 1, output 3, residual 2, MLP 5, all-reduces 2) and outside the layers
+# (embedding, final norm, LM head, argmax): counted by hand in `_forward`, for the dispatch-overhead term.
+OPS_PER_LAYER = 31
+OPS_OUTSIDE_LAYERS = 8
+
 
 class ServeRunConfig(Frozen):
     """One serving run on CPU processes."""
@@ -144,8 +150,16 @@ def _profile(model: ModelSpec, cfg: ServeRunConfig, world: int) -> dict[str, flo
     src = torch.empty(16 * 2**20, dtype=torch.bfloat16)
     dst = torch.empty_like(src)
     stream = 2.0 * src.numel() * 2 / timed(lambda: dst.copy_(src))  # bytes/s, read + write
+    tiny = torch.zeros(8, dtype=torch.bfloat16)
+
+    def ops() -> None:  # framework dispatch cost of one small tensor op
+        for _ in range(200):
+            tiny.add_(1)
+
+    op_s = timed(ops) / 200
     out = {"gemm_flops": gemm, "memory_bytes_per_s": stream, "allreduce_latency_s": 0.0,
-           "allreduce_bytes_per_s": math.inf}
+           "allreduce_bytes_per_s": math.inf, "op_overhead_s": op_s,
+           "ops_per_iteration": float(OPS_PER_LAYER * model.num_layers + OPS_OUTSIDE_LAYERS)}
     if world > 1:
         small, big = torch.zeros(8), torch.zeros(2**20)
         def many_small() -> None:  # back to back: rank skew amortised over the loop

@@ -1,7 +1,8 @@
 """Predict a CPU serving run from a hardware profile measured in its own processes (layer 3 of hardware
 knowledge: measured, not datasheet, not fitted).
 
-The profile (GEMM FLOP/s, memory bytes/s per process, all-reduce α and bus bandwidth) becomes a one-off
+The profile (GEMM FLOP/s, memory bytes/s per process, all-reduce α and bus bandwidth, dispatch time of one small
+tensor op times the ops of one iteration) becomes a one-off
 `GpuSpec` and cluster, with every efficiency factor 1 (the measurements already are achieved speeds) and no
 engine overheads; the same iteration-time model as for GPUs then prices the static batch: prefill of all
 prompts at once, then decode steps at the batch's mean context.
@@ -37,8 +38,10 @@ def profile_specs(profile: dict[str, float], processes: int) -> tuple[GpuSpec, C
         intra_node_bytes_per_s=(bus / CPU_INTRA_EFFICIENCY) if math.isfinite(bus) else 1e15,
         inter_node_bytes_per_s=1e9, intra_node_latency_s=profile.get("allreduce_latency_s", 0.0) / (2.0 * steps),
     )
+    # Engine overhead of this runner: framework dispatch time per op x ops per iteration (both measured/counted).
+    overhead = profile.get("op_overhead_s", 0.0) * profile.get("ops_per_iteration", 0.0)
     eff = ServingEfficiency(compute={"ampere": 1.0}, hbm=1.0, low_precision_ratio=1.0, attention_ratio=1.0,
-                            iteration_overhead_s={"trtllm": 0.0}, request_overhead_s={"trtllm": 0.0},
+                            iteration_overhead_s={"trtllm": overhead}, request_overhead_s={"trtllm": 0.0},
                             sequence_overhead_s=0.0, closed_loop_burst=0.0, runtime_bytes=0.0,
                             source="measured profile of this machine")
     return gpu, cluster, eff
