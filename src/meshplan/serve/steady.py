@@ -1,10 +1,10 @@
 """Steady-state (mean) figures of continuous batching, closed form, vectorised over deployments.
 
 An instance runs B = min(requests in flight, batch limit, sequences whose KV cache fits) sequences. In steady
-state every iteration carries B decoding sequences (mean context isl + osl/2) and the prompt tokens of the
-requests that join, B·prompt/osl per iteration on average (each request's prompt is spread over its ~osl
-iterations), up to the chunked-prefill budget. TPOT is the mean iteration time (others' prefill chunks slow
-every decode step, which is what engines measure). TTFT is the request's own prefill, in chunks, plus
+state every iteration carries B decoding sequences (mean context isl + osl/2); the prompts of joining requests,
+B·prompt/osl tokens per iteration on average, come as chunks (up to the chunked-prefill budget) in a share of
+the iterations. TPOT is the mean iteration time (others' prefill chunks slow the decode steps they share,
+which is what engines measure). TTFT is the request's own prefill, in chunks, plus
 waiting for admission: in a closed loop with more requests than B, Little's law gives the time in system
 N / X (X: completions per second), and TTFT is what remains after the decode phase. Open-loop rates come from
 the same fixed point (B = rate · time in system) while the instance keeps up.
@@ -70,15 +70,20 @@ def steady_state(it: IterationModel, w: ServeWorkload, seq_cap: np.ndarray, max_
 
     def solve(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         room = np.maximum(chunk - b, 1.0)
-        p = np.minimum(b * prompt / w.osl, room)
+        own = np.minimum(prompt, room)  # prompt tokens one request puts in one iteration
+        # Prompts arrive as chunks of `own` tokens, not spread thinly over every iteration: a fraction f of the
+        # iterations carries one (B·prompt/osl prompt tokens per iteration on average), the rest decode only.
+        # That keeps the roofline's max() and the experts touched right for both kinds of iteration.
+        per_iter = b * prompt / w.osl
+        share = np.minimum(per_iter / own, 1.0)
+        load = np.where(share < 1.0, own, np.minimum(per_iter, room))
         # Pipeline: each of the pp micro-batches must pass all pp stages before its next iteration, so a round
-        # lasts at least pp x its heaviest micro-batch; a prompt chunk is not split across micro-batches, so
-        # the heaviest carries at least one (min(prompt, p) tokens): effective prefill max(p, pp·min(prompt, p)).
-        p_round = np.maximum(p, it.pp * np.minimum(np.minimum(prompt, room), p))
-        tpot = it.time(b, ctx, p_round, prompt / 2.0)
-        own = np.minimum(prompt, room)
+        # lasts at least pp x its heaviest micro-batch, and a chunk is not split across micro-batches.
+        p_round = np.maximum(load, it.pp * np.minimum(own, load))
+        with_prompt = it.time(b, ctx, p_round, prompt / 2.0)
+        tpot = share * with_prompt + (1.0 - share) * it.time(b, ctx, 0.0, 0.0)
         chunks = np.ceil(prompt / room)
-        service_ttft = chunks * it.time(b, ctx, own, prompt / 2.0) + 0.5 * tpot + request_overhead_s
+        service_ttft = chunks * with_prompt + 0.5 * tpot + request_overhead_s
         # Prefill-bound: prompts need more iterations than the decodes last.
         life_iters = np.maximum(w.osl - 1.0, b * prompt / room - chunks)
         return tpot, service_ttft, life_iters
