@@ -87,65 +87,73 @@ def simulate(it: IterationModel, w: ServeWorkload, *, kv_tokens: float, max_batc
 
     first = np.full(n, math.nan)
     done = np.full(n, math.nan)
-    prefilled = np.zeros(n, dtype=np.int64)
-    generated = np.zeros(n, dtype=np.int64)
+    isl_of, osl_of = isl.tolist(), osl.tolist()
+    arrival_of = arrival.tolist()
+    prefilled = [0] * n
     waiting: deque[int] = deque()
-    running: list[int] = []
-    next_arrival = 0  # index of the next request not yet queued (arrivals are sorted except closed-loop inf)
+    prefilling: list[int] = []  # admitted, prompt not finished (first come, first served)
+    num_decoding = 0
+    ctx_sum = 0.0  # sum of the contexts of the decoding sequences
+    finish_at: dict[int, list[int]] = {}  # iteration number -> sequences that emit their last token then
+    next_arrival = 0  # index of the next request not yet queued (arrivals are sorted; closed loop releases)
     released = in_flight if closed else n
     clock = 0.0
-    kv_used = 0.0
+    kv_used = 0
     batch_sum = 0.0
     iterations = 0
     while iterations < MAX_ITERATIONS:
-        while next_arrival < released and arrival[next_arrival] <= clock:
+        while next_arrival < released and arrival_of[next_arrival] <= clock:
             waiting.append(next_arrival)
             next_arrival += 1
-        while waiting and len(running) < max_batch and kv_used + isl[waiting[0]] + osl[waiting[0]] <= kv_tokens:
+        in_batch = len(prefilling) + num_decoding
+        while waiting and in_batch < max_batch and kv_used + isl_of[waiting[0]] + osl_of[waiting[0]] <= kv_tokens:
             r = waiting.popleft()
-            running.append(r)
-            kv_used += isl[r] + osl[r]
-        if not running:
-            if waiting:  # one request does not fit the KV cache at all
+            prefilling.append(r)
+            kv_used += isl_of[r] + osl_of[r]
+            in_batch += 1
+        if in_batch == 0:
+            if waiting or next_arrival >= released:  # a request that cannot fit the KV cache, or all done
                 break
-            if next_arrival >= released:
-                break
-            clock = max(clock, arrival[next_arrival])
+            clock = max(clock, arrival_of[next_arrival])
             continue
-        decoding = [r for r in running if prefilled[r] >= isl[r]]
-        d = float(len(decoding))
-        ctx = float(np.mean([isl[r] + generated[r] for r in decoding])) if decoding else 0.0
-        budget = max(chunk_tokens - len(decoding), 0)
+        d = float(num_decoding)
+        ctx = ctx_sum / num_decoding if num_decoding else 0.0
+        budget = max(chunk_tokens - num_decoding, 0)
         chunks: list[tuple[int, int]] = []
-        for r in running:
+        for r in prefilling:
             if budget <= 0:
                 break
-            left = int(isl[r] - prefilled[r])
-            if left > 0:
-                take = min(left, budget)
-                chunks.append((r, take))
-                budget -= take
+            take = min(isl_of[r] - prefilled[r], budget)
+            chunks.append((r, take))
+            budget -= take
         p = float(sum(t for _, t in chunks))
-        cp = float(np.mean([prefilled[r] + t / 2.0 for r, t in chunks])) if chunks else 0.0
+        cp = sum(prefilled[r] + t / 2.0 for r, t in chunks) / len(chunks) if chunks else 0.0
         clock += step(d, ctx, p, cp)
         iterations += 1
-        batch_sum += len(running)
-        for r in decoding:
-            generated[r] += 1
+        batch_sum += in_batch
+        ctx_sum += num_decoding  # every decoding sequence gained a token
         for r, t in chunks:
             prefilled[r] += t
-            if prefilled[r] >= isl[r]:  # the iteration that ends the prompt also emits the first token
+            if prefilled[r] >= isl_of[r]:  # the iteration that ends the prompt also emits the first token
                 first[r] = clock
-                generated[r] = 1
-        finished = [r for r in running if generated[r] >= osl[r]]
-        for r in finished:
+                prefilling.remove(r)
+                if osl_of[r] <= 1:
+                    finish_at.setdefault(iterations, []).append(r)
+                else:
+                    num_decoding += 1
+                    ctx_sum += isl_of[r] + 1
+                    finish_at.setdefault(iterations + osl_of[r] - 1, []).append(r)
+        for r in finish_at.pop(iterations, ()):
             done[r] = clock
-            running.remove(r)
-            kv_used -= isl[r] + osl[r]
+            kv_used -= isl_of[r] + osl_of[r]
+            if osl_of[r] > 1:
+                num_decoding -= 1
+                ctx_sum -= isl_of[r] + osl_of[r]
             if closed and released < n:
-                arrival[released] = clock + request_overhead_s
+                arrival_of[released] = clock + request_overhead_s
+                arrival[released] = arrival_of[released]
                 released += 1
-        if next_arrival >= n and not waiting and not running:
+        if next_arrival >= n and not waiting and not prefilling and num_decoding == 0 and not finish_at:
             break
     ok = ~np.isnan(done)
     ttft = first[ok] - (arrival[ok] - request_overhead_s)
