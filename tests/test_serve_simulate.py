@@ -79,3 +79,27 @@ def test_latency_target_parsing() -> None:
     assert LatencyTarget.parse("120ms", "--tpot").percentile == 50.0
     with pytest.raises(PlanError, match="--ttft target"):
         LatencyTarget.parse("fast", "--ttft")
+
+
+def test_trace_replay_and_histograms(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from meshplan.serve.workload import histogram_mean, load_histogram, load_trace, trace_workload
+
+    # Requests 10 s apart never meet: each TTFT is one prompt's prefill (plus half... no: it starts at once),
+    # the same for every request of the same length; the trace's rate and mean lengths carry over.
+    trace_csv = tmp_path / "trace.csv"
+    trace_csv.write_text("arrival_s,isl,osl\n" + "".join(f"{10.0 * i},{256 if i % 2 else 512},32\n" for i in range(20)))
+    work = trace_workload(load_trace(trace_csv))
+    assert work.request_rate == pytest.approx(19 / 190.0) and work.isl == 384 and work.osl == 32
+    sim = _sim(work, n=20)
+    assert len(sim.ttft_s) == 20
+    short, long = sim.ttft_s[1::2], sim.ttft_s[0::2]
+    assert np.ptp(short) == pytest.approx(0.0, abs=1e-12) and np.ptp(long) == pytest.approx(0.0, abs=1e-12)
+    assert long[0] > short[0]
+    hist_csv = tmp_path / "isl.csv"
+    hist_csv.write_text("tokens,count\n100,3\n400,1\n")
+    hist = load_histogram(hist_csv, "isl histogram")
+    assert histogram_mean(hist) == pytest.approx(175.0)  # (3 x 100 + 400) / 4
+    with pytest.raises(PlanError, match="is not 'tokens,count'"):
+        bad = tmp_path / "bad.csv"
+        bad.write_text("100;3\n")
+        load_histogram(bad, "isl histogram")

@@ -163,6 +163,9 @@ def serve_cmd(
     request_rate: Annotated[str | None, Opt(help="Poisson arrivals, requests/s ('inf' = all at once).")] = None,
     prefix_hit: Annotated[float, Opt(help="Prefix-cache hit rate of prompt tokens, 0..1.")] = 0.0,
     length_cv: Annotated[float, Opt(help="Spread of lengths (coefficient of variation) in the simulation.")] = 0.0,
+    isl_hist: Annotated[Path | None, Opt(help="CSV 'tokens,count': prompt-length histogram (instead of --isl).")] = None,
+    osl_hist: Annotated[Path | None, Opt(help="CSV 'tokens,count': output-length histogram (instead of --osl).")] = None,
+    trace: Annotated[Path | None, Opt(help="CSV 'arrival_s,isl,osl': requests to replay (instead of a rate).")] = None,
     ttft: Annotated[str | None, Opt(help="TTFT target, e.g. 2s@p90.")] = None,
     tpot: Annotated[str | None, Opt(help="TPOT target, e.g. 50ms@p99.")] = None,
     objective: Annotated[str, Opt(help="throughput (tok/s per GPU), gpus (fewest for --request-rate), cost.")] = "throughput",
@@ -201,9 +204,10 @@ def serve_cmd(
         if plan is not None:
             _reprice(plan, as_json)
             return
-        missing = [f for f, v in [("--model", model), ("--gpu", gpu), ("--isl", isl), ("--osl", osl)] if v is None]
-        if concurrency is None and request_rate is None:
-            missing.append("--concurrency or --request-rate")
+        missing = [f for f, v in [("--model", model), ("--gpu", gpu), ("--isl", isl or isl_hist or trace),
+                                  ("--osl", osl or osl_hist or trace)] if v is None]
+        if concurrency is None and request_rate is None and trace is None:
+            missing.append("--concurrency, --request-rate or --trace")
         if not estimate and num_gpus is None:
             missing.append("--num-gpus")
         if missing:
@@ -219,10 +223,18 @@ def serve_cmd(
                       "attn_dp": attn_dp, "replicas": replicas, "precision": precision or "bf16", "kv_dtype": kv_dtype,
                       "isl": isl, "osl": osl, "concurrency": concurrency, "request_rate": rate,
                       "prefix_hit": prefix_hit, "length_cv": length_cv, "engine": engine, "max_batch": max_batch,
-                      "chunk_tokens": chunk_tokens}
+                      "chunk_tokens": chunk_tokens, "trace": str(trace) if trace else None,
+                      "isl_histogram": str(isl_hist) if isl_hist else None,
+                      "osl_histogram": str(osl_hist) if osl_hist else None}
             _estimate(fields, as_json, out)
             return
-        _search(model, gpus, num_gpus, isl, osl, concurrency, rate, prefix_hit, length_cv, ttft, tpot, objective,  # type: ignore[arg-type]
+        from meshplan.serve.estimate import ServeRequest, request_workload
+
+        work = request_workload(ServeRequest(
+            model=str(model), gpu=gpus[0], isl=isl, osl=osl, concurrency=concurrency, request_rate=rate,
+            prefix_hit=prefix_hit, length_cv=length_cv, trace=str(trace) if trace else None,
+            isl_histogram=str(isl_hist) if isl_hist else None, osl_histogram=str(osl_hist) if osl_hist else None))
+        _search(str(model), gpus, num_gpus, work, ttft, tpot, objective,  # type: ignore[arg-type]
                 _prices(gpu_hour_price, gpus), precision or "bf16,fp8", engine, max_pp, top_k, launch, plot, out, as_json)
     except PlanError as exc:
         _fail(str(exc))
@@ -263,27 +275,25 @@ def _reprice(path: Path, as_json: bool) -> None:
     from meshplan.plan import read_serving_plan
     from meshplan.serve.estimate import estimate_serving
 
+    from meshplan.serve.workload import ServeWorkload
+
     p = read_serving_plan(path)
-    w, d = p.workload, p.deployment
-    result = estimate_serving(dict(model=p.model.name, gpu=p.gpu.name, **{k: d[k] for k in (
-        "tp", "pp", "ep", "attn_dp", "replicas", "precision", "kv_dtype", "max_batch", "chunk_tokens")},
-        **{k: w[k] for k in ("isl", "osl", "concurrency", "request_rate", "prefix_hit", "length_cv", "num_requests")},
-        engine=p.engine))
+    result = estimate_serving({"model": p.model.name, "gpu": p.gpu.name, **p.deployment, "engine": p.engine},
+                              workload=ServeWorkload.model_validate(p.workload))
     if as_json:
         print(json.dumps(result.model_dump(mode="json"), indent=2))
     else:
         print_tables(estimate_tables(result))
 
 
-def _search(model_name: str, gpus: list[str], num_gpus: int, isl: int, osl: int, concurrency: int | None,
-            rate: float | None, prefix_hit: float, length_cv: float, ttft: str | None, tpot: str | None,
+def _search(model_name: str, gpus: list[str], num_gpus: int, work: Any, ttft: str | None, tpot: str | None,
             objective: str, prices: dict[str, float], precision: str, engine: str, max_pp: int, top_k: int,
             launch: bool, plot: Path | None, out: Path | None, as_json: bool) -> None:
     from meshplan.cli.render import print_tables
     from meshplan.serve.estimate import estimate_serving
     from meshplan.serve.launch import hf_id_for, launch_commands
     from meshplan.serve.search import ServeSearchRequest, search_serving
-    from meshplan.serve.workload import LatencyTarget, ServeWorkload
+    from meshplan.serve.workload import LatencyTarget
     from meshplan.specs import load_gpu, load_model
 
     if objective not in ("throughput", "gpus", "cost"):
@@ -296,8 +306,7 @@ def _search(model_name: str, gpus: list[str], num_gpus: int, isl: int, osl: int,
             raise PlanError(f"--precision {p!r} is not one of bf16, fp16, fp8, fp4")
     if engine not in ("vllm", "sglang", "trtllm"):
         raise PlanError(f"--engine {engine!r} is not one of vllm, sglang, trtllm")
-    work = ServeWorkload(isl=isl, osl=osl, concurrency=concurrency, request_rate=rate, prefix_hit=prefix_hit,
-                         length_cv=length_cv)
+    isl, osl, concurrency, rate = work.isl, work.osl, work.concurrency, work.request_rate
     req = ServeSearchRequest(
         model=load_model(model_name), gpus=tuple(load_gpu(g) for g in gpus), num_gpus=num_gpus, workload=work,
         engine=engine, precisions=precisions, ttft=LatencyTarget.parse(ttft, "--ttft") if ttft else None,
@@ -308,9 +317,8 @@ def _search(model_name: str, gpus: list[str], num_gpus: int, isl: int, osl: int,
     detail = None
     if best is not None:
         d = best.deployment
-        detail = estimate_serving({"model": model_name, "gpu": best.gpu, **d.model_dump(), "isl": isl, "osl": osl,
-                                   "concurrency": concurrency, "request_rate": rate, "prefix_hit": prefix_hit,
-                                   "length_cv": length_cv, "engine": engine})
+        detail = estimate_serving({"model": model_name, "gpu": best.gpu, **d.model_dump(), "engine": engine},
+                                  workload=work)
     if plot is not None:
         from meshplan.serve.plot import plot_pareto
         from meshplan.serve.search import Candidate  # noqa: F401  (type of the points)

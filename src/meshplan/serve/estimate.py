@@ -7,6 +7,7 @@ the published runs); percentiles come from the discrete-event simulation of the 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
@@ -20,7 +21,7 @@ from meshplan.serve.efficiency import ServingEfficiency, default_serving_efficie
 from meshplan.serve.engines import DEFAULTS
 from meshplan.serve.simulate import PERCENTILES, simulate
 from meshplan.serve.steady import steady_state
-from meshplan.serve.workload import ServeWorkload
+from meshplan.serve.workload import ServeWorkload, histogram_mean, load_histogram, load_trace, trace_workload
 from meshplan.specs import ClusterSpec, ModelSpec, load_gpu, load_model, make_cluster
 from meshplan.specs.base import Frozen
 
@@ -60,14 +61,20 @@ class ServeRequest(Frozen):
     precision: WeightPrecision = "bf16"
     kv_dtype: KvDtype | None = None
     """Default: the weight precision (bf16 for fp4 weights on GPUs without... fp8 for fp8/fp4)."""
-    isl: int = Field(gt=0)
-    osl: int = Field(gt=0)
+    isl: int | None = Field(default=None, gt=0)
+    """Prompt tokens (mean); from the histogram or trace when one is given."""
+    osl: int | None = Field(default=None, gt=0)
     concurrency: int | None = Field(default=None, gt=0)
     request_rate: float | None = None
     """Requests/s; "inf" = all at once."""
     prefix_hit: float = Field(default=0.0, ge=0, lt=1)
     length_cv: float = Field(default=0.0, ge=0, le=2)
     num_requests: int = Field(default=2000, gt=0)
+    isl_histogram: str | None = None
+    """CSV of `tokens,count`: prompt lengths to sample."""
+    osl_histogram: str | None = None
+    trace: str | None = None
+    """CSV of `arrival_s,isl,osl`: requests to replay (sets the rate and mean lengths)."""
     engine: Literal["trtllm", "vllm", "sglang"] = "vllm"
     """Whose scheduler defaults and fitted overheads apply."""
     max_batch: int | None = Field(default=None, gt=0)
@@ -119,7 +126,8 @@ class ServeEstimate(Frozen):
     disagg: dict[str, Any] | None = None
 
 
-def _specs(req: ServeRequest) -> tuple[ModelSpec, ClusterSpec, Deployment, ServeWorkload]:
+def _specs(req: ServeRequest, workload: ServeWorkload | None = None) -> tuple[ModelSpec, ClusterSpec, Deployment,
+                                                                               ServeWorkload]:
     model = load_model(req.model)
     gpu = load_gpu(req.gpu)
     per_instance = req.tp * req.pp * req.attn_dp
@@ -141,21 +149,41 @@ def _specs(req: ServeRequest) -> tuple[ModelSpec, ClusterSpec, Deployment, Serve
                      precision=req.precision, kv_dtype=kv,  # type: ignore[arg-type]
                      max_batch=req.max_batch or defaults.max_batch, chunk_tokens=req.chunk_tokens or defaults.chunk_tokens)
     check_deployment(dep, model)
-    if req.concurrency is None and req.request_rate is None:
-        raise PlanError("give concurrency (requests in flight) or request_rate (requests/s, 'inf' = all at once)")
-    if req.request_rate is not None and not req.request_rate > 0:
-        raise PlanError(f"request_rate={req.request_rate} must be positive (requests/s; 'inf' = all at once)")
+    work = workload or request_workload(req)
+    longest = max((r[1] + r[2] for r in work.trace), default=work.isl + work.osl)
+    for hist_isl in (work.isl_histogram or ((work.isl, 1.0),)):
+        for hist_osl in (work.osl_histogram or ((work.osl, 1.0),)):
+            longest = max(longest, hist_isl[0] + hist_osl[0])
     window = context_tokens(model)
-    if window is not None and req.isl + req.osl > window:
-        raise PlanError(f"isl+osl = {req.isl + req.osl} tokens exceeds the {window}-token context of {model.name}; "
+    if window is not None and longest > window:
+        raise PlanError(f"isl+osl = {longest} tokens exceeds the {window}-token context of {model.name}; "
                         "shorten the prompt or output")
-    work = ServeWorkload(isl=req.isl, osl=req.osl, concurrency=req.concurrency, request_rate=req.request_rate,
-                         prefix_hit=req.prefix_hit, length_cv=req.length_cv, num_requests=req.num_requests)
     try:  # links matter inside one instance; replicas are independent
         cluster = make_cluster(gpu, per_instance, gpus_per_node=req.gpus_per_node)
     except ValidationError as exc:
         raise PlanError(f"tp*pp*attn_dp={per_instance} GPUs per instance: {exc.errors()[0]['msg']}") from None
     return model, cluster, dep, work
+
+
+def request_workload(req: ServeRequest) -> ServeWorkload:
+    """The workload of a request: fixed lengths, histograms, or a replayed trace."""
+    if req.trace is not None:
+        if req.concurrency is not None or req.request_rate is not None:
+            raise PlanError("a trace sets the arrivals: drop concurrency/request_rate")
+        return trace_workload(load_trace(Path(req.trace)), req.prefix_hit)
+    if req.concurrency is None and req.request_rate is None:
+        raise PlanError("give concurrency (requests in flight) or request_rate (requests/s, 'inf' = all at once)")
+    if req.request_rate is not None and not req.request_rate > 0:
+        raise PlanError(f"request_rate={req.request_rate} must be positive (requests/s; 'inf' = all at once)")
+    isl_hist = load_histogram(Path(req.isl_histogram), "isl histogram") if req.isl_histogram else ()
+    osl_hist = load_histogram(Path(req.osl_histogram), "osl histogram") if req.osl_histogram else ()
+    isl = round(histogram_mean(isl_hist)) if isl_hist else req.isl
+    osl = round(histogram_mean(osl_hist)) if osl_hist else req.osl
+    if isl is None or osl is None:
+        raise PlanError("give isl and osl (or a length histogram, or a trace)")
+    return ServeWorkload(isl=isl, osl=osl, concurrency=req.concurrency, request_rate=req.request_rate,
+                         prefix_hit=req.prefix_hit, length_cv=req.length_cv, num_requests=req.num_requests,
+                         isl_histogram=isl_hist, osl_histogram=osl_hist)
 
 
 def provenance(eff: ServingEfficiency, cluster: ClusterSpec, engine: str, simulated: bool) -> dict[str, str]:
@@ -176,8 +204,10 @@ def provenance(eff: ServingEfficiency, cluster: ClusterSpec, engine: str, simula
     }
 
 
-def estimate_serving(req: ServeRequest | dict[str, Any], eff: ServingEfficiency | None = None) -> ServeEstimate:
-    """Price one deployment; bad input raises `PlanError` with the field and the fix."""
+def estimate_serving(req: ServeRequest | dict[str, Any], eff: ServingEfficiency | None = None,
+                     workload: ServeWorkload | None = None) -> ServeEstimate:
+    """Price one deployment (for `workload` when given, else the request's own); bad input raises `PlanError`
+    with the field and the fix."""
     if isinstance(req, dict):
         try:
             req = ServeRequest.model_validate(req)
@@ -186,7 +216,7 @@ def estimate_serving(req: ServeRequest | dict[str, Any], eff: ServingEfficiency 
             where = ".".join(str(p) for p in err["loc"]) or "request"
             raise PlanError(f"{where}: {err['msg']} (got {err.get('input')!r})") from None
     eff = eff or default_serving_efficiency()
-    model, cluster, dep, work = _specs(req)
+    model, cluster, dep, work = _specs(req, workload)
     if req.disagg is not None:
         from meshplan.serve.disagg import estimate_disagg
 
@@ -213,7 +243,7 @@ def estimate_serving(req: ServeRequest | dict[str, Any], eff: ServingEfficiency 
         sim = simulate(it, work, kv_tokens=float(cap.kv_tokens[0]), max_batch=dep.max_batch,
                        chunk_tokens=dep.chunk_tokens, replicas=dep.replicas,
                        request_overhead_s=eff.request_overhead_for(req.engine),
-                       num_requests=min(work.num_requests, 600))
+                       num_requests=min(work.num_requests, 2000))
         percentiles = {m: {f"p{p:g}": sim.percentile(m, p) * 1e3 for p in PERCENTILES} for m in ("ttft", "tpot")}
         percentiles = {f"{m}_ms": v for m, v in percentiles.items()}
         if work.request_rate is not None and not work.offline:  # open loop: the simulation is the model of queues

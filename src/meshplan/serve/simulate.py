@@ -4,7 +4,8 @@ Iteration-level, as vLLM / SGLang / TensorRT-LLM schedule (Yu et al. 2022, Orca;
 Sarathi-Serve for chunked prefill): each iteration admits waiting requests while the batch limit and the KV
 cache allow (first come, first served), gives every decoding sequence one token, and fills the rest of the
 token budget with prompt chunks. The iteration lasts `IterationModel.time` of its load. Requests arrive
-Poisson (open loop), all at once (offline), or as others finish (closed loop). Percentiles of TTFT and
+Poisson (open loop), all at once (offline), as others finish (closed loop), or as a replayed trace; lengths
+are fixed, gamma-spread around their means, or drawn from a histogram. Percentiles of TTFT and
 TPOT come from the simulated requests, so tails under load are priced by the scheduler, not by averages.
 """
 
@@ -63,18 +64,33 @@ def _lengths(rng: np.random.Generator, mean: int, cv: float, n: int) -> np.ndarr
     return np.maximum(1, np.round(rng.gamma(shape, mean / shape, n))).astype(np.int64)
 
 
+def _sample(rng: np.random.Generator, hist: tuple[tuple[int, float], ...], n: int) -> np.ndarray:
+    tokens = np.array([t for t, _ in hist], dtype=np.int64)
+    weights = np.array([w for _, w in hist], dtype=np.float64)
+    return np.asarray(rng.choice(tokens, size=n, p=weights / weights.sum()))
+
+
 def simulate(it: IterationModel, w: ServeWorkload, *, kv_tokens: float, max_batch: int, chunk_tokens: int,
              replicas: int, request_overhead_s: float = 0.0, num_requests: int = 400, seed: int = 0) -> SimResult:
     """Simulate one instance (traffic split evenly over `replicas`); `it` must hold one deployment."""
     step = _Scalar(it)
     rng = np.random.default_rng(seed)
     n = num_requests
-    isl = np.maximum(1, np.round(_lengths(rng, w.isl, w.length_cv, n) * (1.0 - w.prefix_hit))).astype(np.int64)
-    osl = _lengths(rng, w.osl, w.length_cv, n)
+    if w.trace:  # replay: this instance gets every replicas-th request (round robin)
+        mine = w.trace[::replicas][:n]
+        n = len(mine)
+        raw_isl = np.array([r[1] for r in mine], dtype=np.float64)
+        osl = np.array([r[2] for r in mine], dtype=np.int64)
+    else:
+        raw_isl = _sample(rng, w.isl_histogram, n) if w.isl_histogram else _lengths(rng, w.isl, w.length_cv, n)
+        osl = _sample(rng, w.osl_histogram, n) if w.osl_histogram else _lengths(rng, w.osl, w.length_cv, n)
+    isl = np.maximum(1, np.round(raw_isl * (1.0 - w.prefix_hit))).astype(np.int64)
     arrival = np.zeros(n)
     closed = w.concurrency is not None
     in_flight = max(1, round(w.concurrency / replicas)) if w.concurrency is not None else 0
-    if not closed and not w.offline:
+    if w.trace:
+        arrival = np.array([r[0] for r in mine]) - w.trace[0][0]
+    elif not closed and not w.offline:
         assert w.request_rate is not None
         arrival = np.cumsum(rng.exponential(replicas / w.request_rate, n))
     elif closed:
