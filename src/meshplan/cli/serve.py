@@ -124,17 +124,15 @@ def estimate_tables(e: Any) -> list[Table]:
 
 def ranked_table(result: Any, title: str, show_cost: bool, targets: bool) -> Table:
     t = Table(title=title, title_justify="left")
-    for col, just in [("#", "right"), ("GPU", "left"), ("deployment", "left"), ("GPUs", "right"),
-                      ("TTFT ms", "right"), ("TPOT ms", "right"), ("tok/s/GPU", "right"), ("tok/s/user", "right"),
-                      ("weights GB", "right"), ("KV tokens", "right")]:
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
-    if targets:
-        t.add_column("TTFT/TPOT @pct (sim)", justify="right")
-    if show_cost:
-        t.add_column("$/M tok", justify="right")
+    cols = ["#", "GPU", "deployment", "GPUs", "TTFT ms", "TPOT ms", "tok/s/GPU", "tok/s/user", "KV tokens"]
+    cols += ["p-tile TTFT/TPOT ms"] if targets else []
+    cols += ["$/M tok"] if show_cost else []
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("GPU", "deployment") else "right",
+                     no_wrap=col == "deployment")
     for i, c in enumerate(result.ranked, 1):
-        row = [str(i), c.gpu, c.deployment.label(), str(c.num_gpus), _ms(c.ttft_s * 1e3), _ms(c.tpot_s * 1e3),
-               f"{c.per_gpu:,.1f}", f"{c.per_user:,.1f}", f"{c.weights_gb:,.1f}", f"{c.kv_tokens:,.0f}"]
+        row = [str(i), c.gpu.replace("-SXM", ""), c.deployment.label(), str(c.num_gpus), _ms(c.ttft_s * 1e3),
+               _ms(c.tpot_s * 1e3), f"{c.per_gpu:,.1f}", f"{c.per_user:,.1f}", f"{c.kv_tokens / 1e6:,.2f}M"]
         if targets:
             row.append(" / ".join("-" if v is None else _ms(v * 1e3) for v in (c.ttft_pct_s, c.tpot_pct_s)))
         if show_cost:
@@ -144,7 +142,8 @@ def ranked_table(result: Any, title: str, show_cost: bool, targets: bool) -> Tab
 
 
 def pareto_table(front: list[Any]) -> Table:
-    t = Table(title="Pareto frontier: tokens/s per GPU against tokens/s per user", title_justify="left")
+    t = Table(title="Pareto frontier: tokens/s per GPU against tokens/s per user (of the plans within the mean "
+                    "targets)", title_justify="left")
     for col in ("GPU", "deployment", "tok/s/user", "tok/s/GPU", "TTFT ms"):
         t.add_column(col, justify="left" if col in ("GPU", "deployment") else "right")
     step = max(1, len(front) // 12)
@@ -321,14 +320,14 @@ def _search(model_name: str, gpus: list[str], num_gpus: int, work: Any, ttft: st
                                   workload=work)
     if plot is not None:
         from meshplan.serve.plot import plot_pareto
-        from meshplan.serve.search import Candidate  # noqa: F401  (type of the points)
 
-        plot_pareto(result.pareto, result.pareto, best, plot,
-                    f"{req.model.name}, isl {isl} / osl {osl}, {engine}: {len(result.pareto)} Pareto points")
+        plot_pareto(result.priced, result.frontier, best, plot,
+                    f"{req.model.name} on {num_gpus} x {'/'.join(g.name for g in req.gpus)}, isl {isl} / osl {osl}, "
+                    f"{engine}")
     if as_json:
         print(json.dumps({
             "objective": objective, "candidates": result.num_candidates, "fit": result.num_fit,
-            "meet_targets": result.num_meet, "seconds": result.seconds,
+            "within_targets_by_mean": result.num_meet, "simulated": result.num_simulated, "seconds": result.seconds,
             "ranked": [{"gpu": c.gpu, "deployment": c.deployment.model_dump(), "ttft_ms": c.ttft_s * 1e3,
                         "tpot_ms": c.tpot_s * 1e3, "output_tokens_per_s_total": c.output_tokens_per_s,
                         "output_tokens_per_s_per_gpu": c.per_gpu, "output_tokens_per_s_per_user": c.per_user,
@@ -347,9 +346,12 @@ def _search(model_name: str, gpus: list[str], num_gpus: int, work: Any, ttft: st
                  f"{', ' + targets if targets else ''}: top {len(result.ranked)} by {objective}")
         print_tables([ranked_table(result, title, bool(prices), bool(ttft or tpot)), pareto_table(result.pareto)])
         console = Console(width=120)
+        sims = (f", {result.num_simulated} simulated for the percentile targets ({len(result.ranked)} meet them)"
+                if result.num_simulated else "")
         console.print(f"{result.num_candidates:,} deployments priced in {result.seconds:.2f} s: {result.num_fit:,} fit "
-                      f"and keep up, {result.num_meet:,} meet the targets; TTFT/TPOT are steady-state means, "
-                      "@pct columns from the scheduler simulation.", highlight=False)
+                      f"and keep up, {result.num_meet:,} within the targets' limits by their means{sims}. TTFT/TPOT: "
+                      "steady-state means; p-tile: the targets' percentiles from the scheduler simulation.",
+                      highlight=False)
         if detail is not None:
             print_tables(estimate_tables(detail)[:1])
         if launch and best is not None:

@@ -23,9 +23,9 @@ def plot_pareto(all_points: list[Candidate], front: list[Candidate], chosen: Can
 
     fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=120)
     ax.scatter([c.per_user for c in all_points], [c.per_gpu for c in all_points], s=6, color="0.75",
-               label=f"{len(all_points):,} deployments that fit")
+               label=f"{len(all_points):,} deployments that fit and keep up")
     ax.plot([c.per_user for c in front], [c.per_gpu for c in front], "o-", color="tab:blue", ms=4,
-            label="Pareto frontier")
+            label="Pareto frontier (within the mean targets)")
     for c in front[:: max(1, len(front) // 8)]:
         ax.annotate(c.deployment.label().rsplit(" b", 1)[0], (c.per_user, c.per_gpu), fontsize=6,
                     xytext=(3, 3), textcoords="offset points")

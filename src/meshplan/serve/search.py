@@ -84,10 +84,18 @@ class Candidate:
 class ServeSearchResult:
     ranked: list[Candidate]
     pareto: list[Candidate]
+    """The frontier of the plans within the mean targets (all plans when none is), one row per layout."""
     num_candidates: int
     num_fit: int
     num_meet: int
+    """Within the targets' limits by their steady-state means."""
+    num_simulated: int
+    """Checked at the targets' percentiles by the scheduler simulation."""
     seconds: float
+    priced: list[Candidate] = field(default_factory=list)
+    """Every plan that fits and keeps up (for plots)."""
+    frontier: list[Candidate] = field(default_factory=list)
+    """The full frontier (batch and chunk variants kept)."""
 
 
 def _divisors(n: int, limit: int) -> list[int]:
@@ -234,15 +242,20 @@ def search_serving(req: ServeSearchRequest, eff: ServingEfficiency | None = None
             priced += _price(req, gpu, eff, deps)
     if not priced:
         _no_fit(req, eff)
-    pareto = _distinct(pareto_front(priced))
-    meeting = _distinct(sorted((c for c in priced if _meets_mean(c, req)), key=lambda c: _key(c, req.objective)))
+    within = [c for c in priced if _meets_mean(c, req)]
+    frontier = pareto_front(within or priced)
+    pareto = _distinct(frontier)
+    meeting = _distinct(sorted(within, key=lambda c: _key(c, req.objective)))
     if req.ttft is None and req.tpot is None:
         ranked = meeting[: req.top_k]
-        return ServeSearchResult(ranked, pareto, total, len(priced), len(meeting), time.perf_counter() - start)
+        return ServeSearchResult(ranked, pareto, total, len(priced), len(meeting), 0, time.perf_counter() - start,
+                                 priced, frontier)
     checked: list[Candidate] = []
     pool = meeting if meeting else sorted(priced, key=lambda c: _miss(c, req))[: req.simulate_top]
+    simulated = 0
     for c in pool[: req.simulate_top * 3]:
         sim = _simulated(c, req, eff, by_gpu[c.gpu])
+        simulated += 1
         if _meets_pct(sim, req):
             checked.append(sim)
         if len(checked) >= req.top_k:
@@ -250,7 +263,8 @@ def search_serving(req: ServeSearchRequest, eff: ServingEfficiency | None = None
     if not checked:
         _unmeetable(req, priced, eff, by_gpu)
     checked.sort(key=lambda c: _key(c, req.objective))
-    return ServeSearchResult(checked, pareto, total, len(priced), len(checked), time.perf_counter() - start)
+    return ServeSearchResult(checked, pareto, total, len(priced), len(meeting), simulated, time.perf_counter() - start,
+                             priced, frontier)
 
 
 def _miss(c: Candidate, req: ServeSearchRequest) -> float:
