@@ -70,14 +70,19 @@ def write_plan(plan: Plan | ServingPlan, path: Path) -> None:
     path.write_text(json.dumps(plan.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
 
 
+def _load_json(path: Path, writer: str) -> Any:
+    """The JSON of a plan file; a clear `PlanError` naming the command that writes one (`writer`)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PlanError(f"plan file {str(path)!r} does not exist; write one with `{writer}`") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PlanError(f"plan file {str(path)!r} is not valid JSON ({exc}); pass a file written by `{writer}`") from None
+
+
 def read_plan(path: Path) -> Plan:
     """A plan from a JSON file; a clear `PlanError` for a missing, foreign or newer file."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PlanError(f"plan file {str(path)!r} does not exist; write one with `meshplan plan --out`") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PlanError(f"plan file {str(path)!r} is not valid JSON ({exc}); pass a file written by `meshplan plan --out`") from None
+    data = _load_json(path, "meshplan plan --out")
     if isinstance(data, dict) and data.get("kind") == "serving":
         raise PlanError(f"{str(path)!r} is a serving plan (kind 'serving'); `meshplan serve --plan` prices it again, "
                         "`meshplan estimate` prices training plans only")
@@ -109,13 +114,7 @@ def reprice(plan: Plan) -> Estimate:
 
 def read_serving_plan(path: Path) -> ServingPlan:
     """A serving plan from a JSON file written by `meshplan serve --out`; a clear `PlanError` otherwise."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PlanError(f"plan file {str(path)!r} does not exist; write one with `meshplan serve --out`") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PlanError(f"plan file {str(path)!r} is not valid JSON ({exc}); pass a file written by "
-                        "`meshplan serve --out`") from None
+    data = _load_json(path, "meshplan serve --out")
     if not isinstance(data, dict) or data.get("kind") != "serving":
         raise PlanError(f"{str(path)!r} is not a serving plan (kind must be 'serving'); pass a file written by "
                         "`meshplan serve --out`")

@@ -58,18 +58,10 @@ def _prices(text: str | None, gpus: list[str]) -> dict[str, float]:
 
 
 def _estimate_line(line: str) -> dict[str, Any]:
+    from meshplan.cli.main import _json_line
     from meshplan.serve.estimate import estimate_serving
 
-    try:
-        fields = json.loads(line)
-    except json.JSONDecodeError as exc:
-        return {"error": f"not a JSON object ({exc.msg} at column {exc.colno}); write one JSON object per line"}
-    if not isinstance(fields, dict):
-        return {"error": "not a JSON object; write one JSON object per line"}
-    try:
-        return estimate_serving({"simulate": False, **fields}).model_dump(mode="json")
-    except PlanError as exc:
-        return {"error": str(exc)}
+    return _json_line(line, lambda fields: estimate_serving({"simulate": False, **fields}))
 
 
 def _ms(x: float) -> str:
@@ -193,11 +185,9 @@ def serve_cmd(
     if batch is not None:
         if not estimate:
             _fail("--batch needs --estimate (it prices one deployment per line)")
-        if not batch.is_file():
-            _fail(f"--batch {str(batch)!r} is not a file; pass a JSONL file with one request per line")
-        for line in batch.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                print(json.dumps(_estimate_line(line)), flush=True)
+        from meshplan.cli.main import _run_batch
+
+        _run_batch(batch, _estimate_line)
         return
     try:
         if plan is not None:
@@ -273,7 +263,6 @@ def _reprice(path: Path, as_json: bool) -> None:
     from meshplan.cli.render import print_tables
     from meshplan.plan import read_serving_plan
     from meshplan.serve.estimate import estimate_serving
-
     from meshplan.serve.workload import ServeWorkload
 
     p = read_serving_plan(path)
