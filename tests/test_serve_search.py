@@ -96,3 +96,20 @@ def test_lengths_beyond_the_context_are_refused() -> None:
                              workload=ServeWorkload(isl=4000, osl=500, concurrency=8))
     with pytest.raises(PlanError, match="exceeds the 4096-token context of Llama-2-70B"):
         search_serving(req)
+
+
+def test_disaggregation_wins_a_tight_tpot_on_long_prompts() -> None:
+    # 4096-token prompts and a 25 ms TPOT: aggregated instances carry prompt chunks in their decode iterations,
+    # disaggregated decode workers do not (DistServe, Zhong et al. 2024), so with --disagg the best plan splits
+    # the GPUs, and every GPU is used once: x·tp_prefill + y·tp_decode = 16.
+    work = ServeWorkload(isl=4096, osl=256, concurrency=128)
+    tpot = LatencyTarget.parse("25ms@p90", "--tpot")
+    base = dict(model=load_model("Llama-3.1-70B"), gpus=(load_gpu("H100"),), num_gpus=16, workload=work,
+                engine="vllm", precisions=("fp8",), tpot=tpot, top_k=3)
+    split = search_serving(ServeSearchRequest(**base, disagg=True))  # type: ignore[arg-type]
+    best = split.ranked[0]
+    assert best.prefill is not None
+    assert best.prefill.replicas * best.prefill.tp + best.deployment.replicas * best.deployment.tp == 16
+    assert best.tpot_s <= 0.025
+    together = search_serving(ServeSearchRequest(**base))  # type: ignore[arg-type]
+    assert best.per_gpu > together.ranked[0].per_gpu

@@ -123,7 +123,7 @@ def ranked_table(result: Any, title: str, show_cost: bool, targets: bool) -> Tab
         t.add_column(col, justify="left" if col in ("GPU", "deployment") else "right",
                      no_wrap=col == "deployment")
     for i, c in enumerate(result.ranked, 1):
-        row = [str(i), c.gpu.replace("-SXM", ""), c.deployment.label(), str(c.num_gpus), _ms(c.ttft_s * 1e3),
+        row = [str(i), c.gpu.replace("-SXM", ""), c.label, str(c.num_gpus), _ms(c.ttft_s * 1e3),
                _ms(c.tpot_s * 1e3), f"{c.per_gpu:,.1f}", f"{c.per_user:,.1f}", f"{c.kv_tokens / 1e6:,.2f}M"]
         if targets:
             row.append(" / ".join("-" if v is None else _ms(v * 1e3) for v in (c.ttft_pct_s, c.tpot_pct_s)))
@@ -140,7 +140,7 @@ def pareto_table(front: list[Any]) -> Table:
         t.add_column(col, justify="left" if col in ("GPU", "deployment") else "right")
     step = max(1, len(front) // 12)
     for c in front[::step]:
-        t.add_row(c.gpu, c.deployment.label(), f"{c.per_user:,.1f}", f"{c.per_gpu:,.1f}", _ms(c.ttft_s * 1e3))
+        t.add_row(c.gpu, c.label, f"{c.per_user:,.1f}", f"{c.per_gpu:,.1f}", _ms(c.ttft_s * 1e3))
     return t
 
 
@@ -172,6 +172,7 @@ def serve_cmd(
     max_batch: Annotated[int | None, Opt(help="Sequences in flight per instance (estimate).")] = None,
     chunk_tokens: Annotated[int | None, Opt(help="Chunked-prefill tokens per iteration (estimate).")] = None,
     max_pp: Annotated[int, Opt(help="Largest pp the search considers.")] = 4,
+    disagg: Annotated[bool, Opt("--disagg", help="Also search prefill/decode disaggregation (x + y workers).")] = False,
     estimate: Annotated[bool, Opt("--estimate", help="Price the one deployment given by the flags.")] = False,
     batch: Annotated[Path | None, Opt(help="With --estimate: JSONL, one request per line, one JSON result per line.")] = None,
     plan: Annotated[Path | None, Opt(help="A serving plan.json (from --out): price it again.")] = None,
@@ -224,7 +225,8 @@ def serve_cmd(
             prefix_hit=prefix_hit, length_cv=length_cv, trace=str(trace) if trace else None,
             isl_histogram=str(isl_hist) if isl_hist else None, osl_histogram=str(osl_hist) if osl_hist else None))
         _search(str(model), gpus, num_gpus, work, ttft, tpot, objective,  # type: ignore[arg-type]
-                _prices(gpu_hour_price, gpus), precision or "bf16,fp8", engine, max_pp, top_k, launch, plot, out, as_json)
+                _prices(gpu_hour_price, gpus), precision or "bf16,fp8", engine, max_pp, disagg, top_k, launch, plot,
+                out, as_json)
     except PlanError as exc:
         _fail(str(exc))
 
@@ -275,7 +277,8 @@ def _reprice(path: Path, as_json: bool) -> None:
 
 
 def _search(model_name: str, gpus: list[str], num_gpus: int, work: Any, ttft: str | None, tpot: str | None,
-            objective: str, prices: dict[str, float], precision: str, engine: str, max_pp: int, top_k: int,
+            objective: str, prices: dict[str, float], precision: str, engine: str, max_pp: int, disagg: bool,
+            top_k: int,
             launch: bool, plot: Path | None, out: Path | None, as_json: bool) -> None:
     from meshplan.cli.render import print_tables
     from meshplan.serve.estimate import estimate_serving
@@ -299,14 +302,19 @@ def _search(model_name: str, gpus: list[str], num_gpus: int, work: Any, ttft: st
         model=load_model(model_name), gpus=tuple(load_gpu(g) for g in gpus), num_gpus=num_gpus, workload=work,
         engine=engine, precisions=precisions, ttft=LatencyTarget.parse(ttft, "--ttft") if ttft else None,
         tpot=LatencyTarget.parse(tpot, "--tpot") if tpot else None, objective=objective,  # type: ignore[arg-type]
-        gpu_hour_price=prices, max_pp=max_pp, top_k=top_k)
+        gpu_hour_price=prices, max_pp=max_pp, disagg=disagg, top_k=top_k)
     result = search_serving(req)
     best = result.ranked[0] if result.ranked else None
     detail = None
     if best is not None:
         d = best.deployment
-        detail = estimate_serving({"model": model_name, "gpu": best.gpu, **d.model_dump(), "engine": engine},
-                                  workload=work)
+        fields = {"model": model_name, "gpu": best.gpu, **d.model_dump(), "engine": engine}
+        if best.prefill is not None:
+            pre = best.prefill
+            fields = {"model": model_name, "gpu": best.gpu, "precision": d.precision, "kv_dtype": d.kv_dtype,
+                      "engine": engine, "disagg": {"prefill": {"workers": pre.replicas, "tp": pre.tp},
+                                                   "decode": {"workers": d.replicas, "tp": d.tp}}}
+        detail = estimate_serving(fields, workload=work)
     if plot is not None:
         from meshplan.serve.plot import plot_pareto
 
@@ -317,14 +325,15 @@ def _search(model_name: str, gpus: list[str], num_gpus: int, work: Any, ttft: st
         print(json.dumps({
             "objective": objective, "candidates": result.num_candidates, "fit": result.num_fit,
             "within_targets_by_mean": result.num_meet, "simulated": result.num_simulated, "seconds": result.seconds,
-            "ranked": [{"gpu": c.gpu, "deployment": c.deployment.model_dump(), "ttft_ms": c.ttft_s * 1e3,
+            "ranked": [{"gpu": c.gpu, "deployment": c.deployment.model_dump(), "label": c.label,
+                        "prefill": c.prefill.model_dump() if c.prefill else None, "ttft_ms": c.ttft_s * 1e3,
                         "tpot_ms": c.tpot_s * 1e3, "output_tokens_per_s_total": c.output_tokens_per_s,
                         "output_tokens_per_s_per_gpu": c.per_gpu, "output_tokens_per_s_per_user": c.per_user,
                         "num_gpus": c.num_gpus, "cost_per_m_tokens": c.cost_per_m_tokens,
                         "ttft_at_target_pct_ms": None if c.ttft_pct_s is None else c.ttft_pct_s * 1e3,
                         "tpot_at_target_pct_ms": None if c.tpot_pct_s is None else c.tpot_pct_s * 1e3}
                        for c in result.ranked],
-            "pareto": [{"gpu": c.gpu, "deployment": c.deployment.label(), "tok_s_per_gpu": c.per_gpu,
+            "pareto": [{"gpu": c.gpu, "deployment": c.label, "tok_s_per_gpu": c.per_gpu,
                         "tok_s_per_user": c.per_user} for c in result.pareto],
             "best": detail.model_dump(mode="json") if detail else None,
         }, indent=2))

@@ -27,11 +27,11 @@ def plot_pareto(all_points: list[Candidate], front: list[Candidate], chosen: Can
     ax.plot([c.per_user for c in front], [c.per_gpu for c in front], "o-", color="tab:blue", ms=4,
             label="Pareto frontier (within the mean targets)")
     for c in front[:: max(1, len(front) // 8)]:
-        ax.annotate(c.deployment.label().rsplit(" b", 1)[0], (c.per_user, c.per_gpu), fontsize=6,
+        ax.annotate(c.label.rsplit(" b", 1)[0], (c.per_user, c.per_gpu), fontsize=6,
                     xytext=(3, 3), textcoords="offset points")
     if chosen is not None:
         ax.scatter([chosen.per_user], [chosen.per_gpu], marker="*", s=140, color="tab:red", zorder=5,
-                   label=f"chosen: {chosen.deployment.label()}")
+                   label=f"chosen: {chosen.label}")
     ax.set_xlabel("output tokens/s per user (1 / TPOT)")
     ax.set_ylabel("output tokens/s per GPU")
     ax.set_title(title, fontsize=9)

@@ -50,6 +50,8 @@ class ServeSearchRequest:
     gpu_hour_price: dict[str, float] = field(default_factory=dict)
     """$ per GPU-hour by GPU name (cost objective)."""
     max_pp: int = 4
+    disagg: bool = False
+    """Also consider prefill/decode disaggregation (x prefill and y decode workers, each with its own tp)."""
     simulate_top: int = 6
     top_k: int = 8
 
@@ -70,6 +72,15 @@ class Candidate:
     """TTFT at the target percentile (simulated), when simulated."""
     tpot_pct_s: float | None = None
     cost_per_m_tokens: float | None = None
+    prefill: Deployment | None = None
+    """Disaggregated: the prefill workers (`deployment` then holds the decode workers)."""
+
+    @property
+    def label(self) -> str:
+        if self.prefill is None:
+            return self.deployment.label()
+        p, d = self.prefill, self.deployment
+        return f"P {p.replicas}x tp{p.tp} + D {d.replicas}x tp{d.tp} {d.precision}"
 
     @property
     def per_gpu(self) -> float:
@@ -160,7 +171,7 @@ def _price(req: ServeSearchRequest, gpu: GpuSpec, eff: ServingEfficiency, deps: 
 
 def _layout(c: Candidate) -> tuple[object, ...]:
     d = c.deployment
-    return (c.gpu, d.tp, d.pp, d.ep, d.attn_dp, d.replicas, d.precision, d.kv_dtype)
+    return (c.gpu, d.tp, d.pp, d.ep, d.attn_dp, d.replicas, d.precision, d.kv_dtype, c.prefill)
 
 
 def _distinct(cands: list[Candidate]) -> list[Candidate]:
@@ -171,6 +182,46 @@ def _distinct(cands: list[Candidate]) -> list[Candidate]:
         if _layout(c) not in seen:
             seen.add(_layout(c))
             out.append(c)
+    return out
+
+
+def _disaggregated(req: ServeSearchRequest, gpu: GpuSpec, eff: ServingEfficiency,
+                   precisions: tuple[str, ...]) -> list[Candidate]:
+    """Disaggregated layouts of all num_gpus GPUs: x prefill workers of tp_p and y decode workers of tp_d,
+    priced by `disagg.estimate_disagg` (steady-state means; not simulated)."""
+    from meshplan.serve.disagg import estimate_disagg
+    from meshplan.serve.estimate import Disagg, DisaggWorkers, ServeRequest
+
+    node = min(gpu.default_gpus_per_node, req.num_gpus)
+    tps = [t for t in _divisors(req.model.num_heads, node) if t & (t - 1) == 0]
+    cluster = make_cluster(gpu, node)
+    out: list[Candidate] = []
+    for precision in precisions:
+        for tp_p in tps:
+            for tp_d in tps:
+                for x in range(1, req.num_gpus // tp_p):
+                    rest = req.num_gpus - x * tp_p
+                    if rest <= 0 or rest % tp_d:
+                        continue
+                    sides = Disagg(prefill=DisaggWorkers(workers=x, tp=tp_p),
+                                   decode=DisaggWorkers(workers=rest // tp_d, tp=tp_d))
+                    sreq = ServeRequest(model=req.model.name, gpu=gpu.name, precision=precision,  # type: ignore[arg-type]
+                                        engine=req.engine, disagg=sides)  # type: ignore[arg-type]
+                    try:
+                        e = estimate_disagg(sreq, req.model, cluster, req.workload, eff)
+                    except PlanError:  # a side does not fit
+                        continue
+                    if req.workload.request_rate is not None and e.disagg and not math.isinf(req.workload.request_rate) \
+                            and min(e.disagg["prefill_requests_per_s"], e.disagg["decode_requests_per_s"]) < req.workload.request_rate:
+                        continue  # does not keep up with the offered rate
+                    price = req.gpu_hour_price.get(gpu.name)
+                    total = e.output_tokens_per_s_total
+                    out.append(Candidate(
+                        gpu.name, e.deployment, e.ttft_ms / 1e3, e.tpot_ms / 1e3, total, e.num_gpus,
+                        e.memory_gb["weights"], e.kv_capacity_tokens, e.batch,
+                        ttft_pct_s=e.ttft_ms / 1e3 if req.ttft else None, tpot_pct_s=e.tpot_ms / 1e3 if req.tpot else None,
+                        cost_per_m_tokens=e.num_gpus * price / (total * 3600.0) * 1e6 if price else None,
+                        prefill=Deployment.model_validate(e.disagg["prefill"]) if e.disagg else None))
     return out
 
 
@@ -240,6 +291,10 @@ def search_serving(req: ServeSearchRequest, eff: ServingEfficiency | None = None
             deps = enumerate_deployments(req.model, gpu, n, precisions, req.engine, req.max_pp, fill=True)
             total += len(deps)
             priced += _price(req, gpu, eff, deps)
+        if req.disagg and req.objective != "gpus":
+            split = _disaggregated(req, gpu, eff, precisions)
+            total += len(split)
+            priced += split
     if not priced:
         _no_fit(req, eff)
     within = [c for c in priced if _meets_mean(c, req)]
@@ -254,7 +309,8 @@ def search_serving(req: ServeSearchRequest, eff: ServingEfficiency | None = None
     pool = meeting if meeting else sorted(priced, key=lambda c: _miss(c, req))[: req.simulate_top]
     simulated = 0
     for c in pool[: req.simulate_top * 3]:
-        sim = _simulated(c, req, eff, by_gpu[c.gpu])
+        # disaggregated plans carry their means in the percentile fields (no simulation of two pools)
+        sim = c if c.prefill is not None else _simulated(c, req, eff, by_gpu[c.gpu])
         simulated += 1
         if _meets_pct(sim, req):
             checked.append(sim)
@@ -279,11 +335,11 @@ def _unmeetable(req: ServeSearchRequest, priced: list[Candidate], eff: ServingEf
     for target, name, attr in ((req.ttft, "TTFT", "ttft_s"), (req.tpot, "TPOT", "tpot_s")):
         if target is None:
             continue
-        best = min(priced, key=lambda c: getattr(c, attr))
+        best = min((c for c in priced if c.prefill is None), key=lambda c: getattr(c, attr))
         sim = _simulated(best, req, eff, by_gpu[best.gpu])
         value = (sim.ttft_pct_s if attr == "ttft_s" else sim.tpot_pct_s) or getattr(best, attr)
         if value > target.limit_s:
-            parts.append(f"{name} {target.label()}: the best plan ({best.gpu} {best.deployment.label()}) reaches "
+            parts.append(f"{name} {target.label()}: the best plan ({best.gpu} {best.label}) reaches "
                          f"{value * 1e3:,.0f} ms at p{target.percentile:g}, {value / target.limit_s - 1:.0%} over")
     detail = "; ".join(parts) or "no single plan meets both targets at once"
     raise PlanError(f"no deployment meets the targets: {detail}; relax the targets, lower the load or add GPUs")
