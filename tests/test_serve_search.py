@@ -104,8 +104,8 @@ def test_disaggregation_wins_a_tight_tpot_on_long_prompts() -> None:
     # the GPUs, and every GPU is used once: x·tp_prefill + y·tp_decode = 16.
     work = ServeWorkload(isl=4096, osl=256, concurrency=128)
     tpot = LatencyTarget.parse("25ms@p90", "--tpot")
-    base = dict(model=load_model("Llama-3.1-70B"), gpus=(load_gpu("H100"),), num_gpus=16, workload=work,
-                engine="vllm", precisions=("fp8",), tpot=tpot, top_k=3)
+    base = {"model": load_model("Llama-3.1-70B"), "gpus": (load_gpu("H100"),), "num_gpus": 16, "workload": work,
+            "engine": "vllm", "precisions": ("fp8",), "tpot": tpot, "top_k": 3}
     split = search_serving(ServeSearchRequest(**base, disagg=True))  # type: ignore[arg-type]
     best = split.ranked[0]
     assert best.prefill is not None
