@@ -285,7 +285,9 @@ def search_serving(req: ServeSearchRequest, eff: ServingEfficiency | None = None
     total = 0
     by_gpu = {g.name: g for g in req.gpus}
     for gpu in req.gpus:
-        precisions = tuple(p for p in req.precisions if p in gpu.peak_flops or p in ("fp8", "fp4") and "fp8" in gpu.peak_flops)
+        # fp8/fp4 weights on a GPU without those tensor cores are weight-only quantisation: stored narrow,
+        # computed in bf16 (`cost.compute_dtype`), as the engines' Marlin-style kernels do.
+        precisions = req.precisions
         sizes = [req.num_gpus] if req.objective != "gpus" else list(range(1, req.num_gpus + 1))
         for n in sizes:
             deps = enumerate_deployments(req.model, gpu, n, precisions, req.engine, req.max_pp, fill=True)
