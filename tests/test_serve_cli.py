@@ -109,3 +109,17 @@ def test_estimate_table_names_its_knowledge_layers() -> None:
     assert result.exit_code == 0, result.output
     for text in ("TTFT p50 / p90 / p99", "datasheet: H100-SXM", "fitted to", "tp_comm"):
         assert text in result.output
+
+
+def test_disaggregated_plan_round_trip(tmp_path: Path) -> None:
+    plan = tmp_path / "split.json"
+    made = _run(["serve", "--model", "Llama-3.1-70B", "--gpu", "H100", "--num-gpus", "16", "--isl", "4096", "--osl",
+                 "256", "--concurrency", "128", "--tpot", "25ms@p90", "--disagg", "--precision", "fp8", "--top-k", "1",
+                 "--no-launch", "--out", str(plan)])
+    assert made.exit_code == 0, made.output
+    sp = read_serving_plan(plan)
+    assert sp.estimate["disagg"] is not None
+    assert {"prefill/vllm", "decode/vllm", "prefill/trtllm", "decode/sglang"} <= set(sp.launch)
+    again = _run(["serve", "--plan", str(plan), "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["tpot_ms"] == pytest.approx(sp.estimate["tpot_ms"])

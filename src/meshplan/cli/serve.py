@@ -249,14 +249,20 @@ def _estimate(fields: dict[str, Any], as_json: bool, out: Path | None) -> None:
 def _write(result: Any, out: Path, search: dict[str, Any]) -> None:
     from meshplan import __version__
     from meshplan.plan import ServingPlan, write_plan
+    from meshplan.serve.deployment import Deployment
     from meshplan.serve.launch import hf_id_for, launch_commands
     from meshplan.specs import load_gpu, load_model
 
     model = load_model(result.model)
+    hf_id = hf_id_for(model.name)
+    launch = launch_commands(hf_id, result.deployment)
+    if result.disagg:  # one set of commands per side; the engines' own disaggregation wiring is not generated
+        prefill = Deployment.model_validate(result.disagg["prefill"])
+        launch = {**{f"prefill/{k}": v for k, v in launch_commands(hf_id, prefill).items()},
+                  **{f"decode/{k}": v for k, v in launch.items()}}
     plan = ServingPlan(meshplan_version=__version__, model=model, gpu=load_gpu(result.gpu),
                        deployment=result.deployment.model_dump(), workload=result.workload.model_dump(mode="json"),
-                       engine=result.engine, estimate=result.model_dump(mode="json"),
-                       launch=launch_commands(hf_id_for(model.name), result.deployment), search=search)
+                       engine=result.engine, estimate=result.model_dump(mode="json"), launch=launch, search=search)
     write_plan(plan, out)
     Console(stderr=True).print(f"wrote {escape(str(out))}", highlight=False)
 
@@ -268,8 +274,16 @@ def _reprice(path: Path, as_json: bool) -> None:
     from meshplan.serve.workload import ServeWorkload
 
     p = read_serving_plan(path)
-    result = estimate_serving({"model": p.model.name, "gpu": p.gpu.name, **p.deployment, "engine": p.engine},
-                              workload=ServeWorkload.model_validate(p.workload))
+    fields: dict[str, Any] = {"model": p.model.name, "gpu": p.gpu.name, **p.deployment, "engine": p.engine}
+    split = p.estimate.get("disagg")
+    if split:
+        pre, dec = split["prefill"], split["decode"]
+        fields = {"model": p.model.name, "gpu": p.gpu.name, "engine": p.engine, "precision": dec["precision"],
+                  "kv_dtype": dec["kv_dtype"], "chunk_tokens": dec["chunk_tokens"],
+                  "disagg": {"prefill": {"workers": pre["replicas"], "tp": pre["tp"], "pp": pre["pp"]},
+                             "decode": {"workers": dec["replicas"], "tp": dec["tp"], "pp": dec["pp"],
+                                        "batch": dec["max_batch"]}}}
+    result = estimate_serving(fields, workload=ServeWorkload.model_validate(p.workload))
     if as_json:
         print(json.dumps(result.model_dump(mode="json"), indent=2))
     else:
