@@ -18,7 +18,7 @@ from meshplan.serve.capacity import capacity
 from meshplan.serve.cost import iteration_model
 from meshplan.serve.deployment import Deployment, DeploymentTable
 from meshplan.serve.efficiency import ServingEfficiency
-from meshplan.serve.engines import DEFAULTS
+from meshplan.serve.engines import DEFAULTS, OFFLINE_BENCH
 from meshplan.serve.steady import Scheduler, steady_state
 from meshplan.serve.workload import ServeWorkload
 from meshplan.specs.cluster import make_cluster
@@ -37,7 +37,8 @@ class RunPrediction:
 
 def run_inputs(run: PublishedServingRun) -> tuple[Deployment, ServeWorkload, Scheduler]:
     """The deployment and workload of a published run, with the engine's scheduler defaults."""
-    defaults = DEFAULTS.get(run.engine, DEFAULTS["unknown"])
+    offline_bench = run.source_group in ("trtllm-0.17", "trtllm-pytorch")  # trtllm-bench throughput tables
+    defaults = OFFLINE_BENCH if offline_bench else DEFAULTS.get(run.engine, DEFAULTS["unknown"])
     dep = Deployment(tp=run.tp, pp=run.pp, ep=run.ep, attn_dp=run.attn_dp, replicas=run.replicas,
                      precision=run.precision,  # type: ignore[arg-type]
                      kv_dtype=run.kv_dtype,  # type: ignore[arg-type]
@@ -76,10 +77,11 @@ def predict_run(run: PublishedServingRun, eff: ServingEfficiency, simulate_rates
     return RunPrediction(run.id, run.engine, predicted, measured, bool(cap.fits[0]))
 
 
-def log_errors(runs: Sequence[PublishedServingRun], eff: ServingEfficiency) -> np.ndarray:
+def log_errors(runs: Sequence[PublishedServingRun], eff: ServingEfficiency, simulate_rates: bool = True) -> np.ndarray:
+    """log(predicted / measured) of every measured figure, predicted as `meshplan serve --estimate` does."""
     out: list[float] = []
     for run in runs:
-        pred = predict_run(run, eff)
+        pred = predict_run(run, eff, simulate_rates)
         for m in METRICS:
             value = pred.measured[m]
             if value:
