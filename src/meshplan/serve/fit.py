@@ -1,7 +1,8 @@
 """Predict the published serving runs and fit `ServingEfficiency` to them.
 
 Least squares on log(predicted / measured) of TTFT, TPOT and throughput (soft-L1, as the training fit), so a
-10% miss weighs the same on every metric and row. Parameters: compute fraction per GPU architecture, the HBM
+10% miss weighs the same on every metric and row; the predictions are those of `meshplan serve --estimate`
+(steady state, and the scheduler simulation for finite request rates). Parameters: compute fraction per GPU architecture, the HBM
 fraction, and the fixed iteration time per engine: few, physically meaningful, shared by all rows.
 """
 
