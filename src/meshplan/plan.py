@@ -11,12 +11,12 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from meshplan.cost.efficiency import Efficiency
 from meshplan.errors import PlanError
 from meshplan.estimator import Estimate
-from meshplan.specs import ClusterSpec, ModelSpec, TrainWorkload
+from meshplan.specs import ClusterSpec, GpuSpec, ModelSpec, TrainWorkload
 from meshplan.specs.base import Frozen
 from meshplan.strategy import Recompute, Strategy
 
@@ -67,18 +67,50 @@ class Plan(Frozen):
         return self
 
 
-def write_plan(plan: Plan, path: Path) -> None:
+class ServingPlan(Frozen):
+    """One serving plan: the model, GPU, deployment and workload, and what they are predicted to deliver."""
+
+    schema_version: int = PLAN_SCHEMA_VERSION
+    """Format version of this record; readers refuse versions they do not know."""
+    kind: Literal["serving"] = "serving"
+    meshplan_version: str
+    """The meshplan release that wrote the plan."""
+    model: ModelSpec
+    gpu: GpuSpec
+    deployment: dict[str, Any]
+    """`meshplan.serve.deployment.Deployment` fields (tp, pp, ep, attn_dp, replicas, precision, ...)."""
+    workload: dict[str, Any]
+    """`meshplan.serve.workload.ServeWorkload` fields."""
+    engine: str
+    """Engine whose defaults and fitted overheads priced the plan."""
+    estimate: dict[str, Any]
+    """The `ServeEstimate` (TTFT/TPOT, throughput, memory, breakdown, provenance)."""
+    launch: dict[str, str] = Field(default_factory=dict)
+    """Launch commands per engine, each with the engine version it was written for."""
+    search: dict[str, Any] = Field(default_factory=dict)
+    """How the plan was found (objective, rank, candidates priced)."""
+
+
+def write_plan(plan: Plan | ServingPlan, path: Path) -> None:
     path.write_text(json.dumps(plan.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+
+
+def _load_json(path: Path, writer: str) -> Any:
+    """The JSON of a plan file; a clear `PlanError` naming the command that writes one (`writer`)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PlanError(f"plan file {str(path)!r} does not exist; write one with `{writer}`") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PlanError(f"plan file {str(path)!r} is not valid JSON ({exc}); pass a file written by `{writer}`") from None
 
 
 def read_plan(path: Path) -> Plan:
     """A plan from a JSON file; a clear `PlanError` for a missing, foreign or newer file."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PlanError(f"plan file {str(path)!r} does not exist; write one with `meshplan plan --out`") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PlanError(f"plan file {str(path)!r} is not valid JSON ({exc}); pass a file written by `meshplan plan --out`") from None
+    data = _load_json(path, "meshplan plan --out")
+    if isinstance(data, dict) and data.get("kind") == "serving":
+        raise PlanError(f"{str(path)!r} is a serving plan (kind 'serving'); `meshplan serve --plan` prices it again, "
+                        "`meshplan estimate` prices training plans only")
     if not isinstance(data, dict) or "schema_version" not in data or "strategy" not in data:
         raise PlanError(f"{str(path)!r} is not a meshplan plan (no schema_version/strategy); pass a file written by `meshplan plan --out`")
     version = data["schema_version"]
@@ -107,3 +139,20 @@ def reprice(plan: Plan) -> Estimate:
     table = StrategyTable.from_strategies([plan.strategy])
     cost = training_cost(plan.model, plan.cluster, plan.workload, table, plan.efficiency)
     return estimate_from_cost(cost, 0, plan.model, plan.cluster, plan.workload, table)
+
+
+def read_serving_plan(path: Path) -> ServingPlan:
+    """A serving plan from a JSON file written by `meshplan serve --out`; a clear `PlanError` otherwise."""
+    data = _load_json(path, "meshplan serve --out")
+    if not isinstance(data, dict) or data.get("kind") != "serving":
+        raise PlanError(f"{str(path)!r} is not a serving plan (kind must be 'serving'); pass a file written by "
+                        "`meshplan serve --out`")
+    if data.get("schema_version") != PLAN_SCHEMA_VERSION:
+        raise PlanError(f"plan file {str(path)!r} has schema_version={data.get('schema_version')!r}; this meshplan "
+                        f"reads version {PLAN_SCHEMA_VERSION}: upgrade meshplan or re-create the plan")
+    try:
+        return ServingPlan.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise PlanError(f"plan file {str(path)!r}: {where}: {err['msg']}; re-create it with `meshplan serve --out`") from None

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Any, Optional
 
 import typer
@@ -38,9 +39,8 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _estimate_line(line: str) -> dict[str, Any]:
-    from meshplan.estimator import estimate
-
+def _json_line(line: str, price: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+    """One `--batch` line: its result as JSON, or {"error": ...} for a bad line."""
     try:
         fields = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -48,9 +48,24 @@ def _estimate_line(line: str) -> dict[str, Any]:
     if not isinstance(fields, dict):
         return {"error": "not a JSON object; write one JSON object per line"}
     try:
-        return estimate(fields).model_dump(mode="json")
+        return dict(price(fields).model_dump(mode="json"))
     except PlanError as exc:
         return {"error": str(exc)}
+
+
+def _run_batch(batch: Path, price_line: Callable[[str], dict[str, Any]]) -> None:
+    """Print one JSON result per non-empty line of the JSONL file `batch`, in order."""
+    if not batch.is_file():
+        _fail(f"--batch {str(batch)!r} is not a file; pass a JSONL file with one request per line")
+    for line in batch.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            print(json.dumps(price_line(line)), flush=True)
+
+
+def _estimate_line(line: str) -> dict[str, Any]:
+    from meshplan.estimator import estimate
+
+    return _json_line(line, estimate)
 
 
 @app.command("estimate")
@@ -95,11 +110,7 @@ def estimate_cmd(
         _print_estimate(result, as_json)
         return
     if batch is not None:
-        if not batch.is_file():
-            _fail(f"--batch {str(batch)!r} is not a file; pass a JSONL file with one request per line")
-        for line in batch.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                print(json.dumps(_estimate_line(line)), flush=True)
+        _run_batch(batch, _estimate_line)
         return
     missing = [flag for flag, v in [("--model", model), ("--gpu", gpu), ("--num-gpus", num_gpus),
                                     ("--global-batch", global_batch), ("--seq-len", seq_len)] if v is None]
@@ -308,6 +319,11 @@ def run_cmd(
     as_json: Annotated[bool, Opt("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Execute a plan with PyTorch (torchrun; gloo on CPU, NCCL on GPU) and check loss parity."""
+    from meshplan.cli.serve import is_serving_plan, run_serving_plan
+
+    if is_serving_plan(plan):  # serving mode: prefill then decode on CPU processes, measured vs predicted
+        return run_serving_plan(plan, model=model, nproc=nproc, osl=steps, isl=seq_len, batch=global_batch,
+                                as_json=as_json)
     if steps <= 0:
         _fail(f"--steps {steps} must be positive")
     from meshplan.run import require_torch
@@ -377,6 +393,10 @@ def gpus_cmd(as_json: Annotated[bool, Opt("--json", help="Print JSON.")] = False
 from meshplan.cli.shard import shard_cmd  # noqa: E402  (its own module; registered here)
 
 app.command("shard")(shard_cmd)
+
+from meshplan.cli.serve import serve_cmd  # noqa: E402
+
+app.command("serve")(serve_cmd)
 
 
 def main() -> None:

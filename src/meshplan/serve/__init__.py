@@ -1,0 +1,1 @@
+"""Planning LLM serving deployments: workload, deployment, cost model, scheduler simulation, search."""

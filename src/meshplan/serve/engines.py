@@ -1,0 +1,31 @@
+"""Serving engines meshplan knows: their scheduler defaults (batch limit, tokens per iteration)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ENGINES = ("trtllm", "vllm", "sglang", "unknown")
+
+
+@dataclass(frozen=True)
+class EngineDefaults:
+    max_batch: int
+    """Sequences in flight per instance when the user sets none."""
+    chunk_tokens: int
+    """Tokens per scheduler iteration (chunked-prefill budget)."""
+    source: str
+
+
+DEFAULTS = {
+    # trtllm-serve: --max_batch_size 256, --max_num_tokens 8192 (its command-line defaults).
+    "trtllm": EngineDefaults(256, 8192, "trtllm-serve defaults: max_batch_size=256, max_num_tokens=8192"),
+    # vLLM: --max-num-seqs 256, --max-num-batched-tokens 8192 with chunked prefill (V1 engine args defaults).
+    "vllm": EngineDefaults(256, 8192, "vLLM engine args: max_num_seqs=256, max_num_batched_tokens=8192"),
+    # SGLang: --max-running-requests derived from the KV pool; --chunked-prefill-size 8192 on large GPUs.
+    "sglang": EngineDefaults(1024, 8192, "SGLang server args: chunked_prefill_size=8192, running requests from KV pool"),
+    "unknown": EngineDefaults(256, 8192, "assumed vLLM-like defaults"),
+}
+
+# trtllm-bench's offline throughput runs size the engine for the workload (up to BuildConfig's
+# max_batch_size=2048); the KV cache usually binds first.
+OFFLINE_BENCH = EngineDefaults(2048, 8192, "trtllm-bench offline: engine max_batch_size up to 2048, max_num_tokens 8192")

@@ -1,0 +1,124 @@
+"""Steady-state (mean) figures of continuous batching, closed form, vectorised over deployments.
+
+An instance runs B = min(requests in flight, batch limit, sequences whose KV cache fits) sequences. In steady
+state every iteration carries B decoding sequences (mean context isl + osl/2); the prompts of joining requests,
+B·prompt/osl tokens per iteration on average, come as chunks (up to the chunked-prefill budget) in a share of
+the iterations. TPOT is the mean iteration time (others' prefill chunks slow the decode steps they share,
+which is what engines measure). TTFT is the request's own prefill, in chunks, plus
+waiting for admission: in a closed loop with more requests than B, Little's law gives the time in system
+N / X (X: completions per second), and TTFT is what remains after the decode phase. Open-loop rates come from
+the same fixed point (B = rate · time in system) while the instance keeps up.
+With pipeline parallelism a round lasts at least pp times its heaviest micro-batch (below).
+A static batch (all prompts in one iteration, then decode together; splitwise-sim's profiles) is a
+separate scheduler.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from meshplan.serve.cost import IterationModel
+from meshplan.serve.workload import ServeWorkload
+
+Scheduler = Literal["continuous", "static"]
+
+
+@dataclass(frozen=True)
+class SteadyFigures:
+    """Mean figures per deployment (arrays)."""
+
+    ttft_s: np.ndarray
+    tpot_s: np.ndarray
+    output_tokens_per_s: np.ndarray
+    """Per instance."""
+    batch: np.ndarray
+    """Sequences in flight per instance."""
+    prefill_tokens_per_iteration: np.ndarray
+    overloaded: np.ndarray
+    """The offered rate exceeds what the instance completes (queue grows)."""
+
+
+def _mean_context(w: ServeWorkload) -> float:
+    return w.isl + w.osl / 2.0
+
+
+def steady_state(it: IterationModel, w: ServeWorkload, seq_cap: np.ndarray, max_batch: np.ndarray,
+                 chunk: np.ndarray, replicas: np.ndarray, scheduler: Scheduler = "continuous",
+                 request_overhead_s: float = 0.0, burst: float = 0.0) -> SteadyFigures:
+    """Mean TTFT, TPOT and throughput of each deployment for workload `w`.
+
+    `request_overhead_s` is added to every TTFT (API server, tokenisation); in a closed loop a new request also
+    waits behind `burst` x the other in-flight requests' prefills (fixed lengths make requests finish, and so
+    restart, together)."""
+    prompt = w.prefill_tokens
+    ctx = _mean_context(w)
+    cap = np.maximum(np.minimum(max_batch, seq_cap), 1.0)
+    if w.concurrency is not None:
+        in_flight = w.concurrency / replicas
+    else:
+        in_flight = np.full_like(cap, np.inf)
+    if scheduler == "static":
+        b = np.minimum(in_flight, cap)
+        ttft = it.time(0.0, 0.0, b * prompt, prompt / 2.0) + request_overhead_s
+        tpot = it.time(b, ctx, 0.0, 0.0)
+        rate = b * w.osl / (ttft + (w.osl - 1) * tpot)
+        return SteadyFigures(ttft, tpot, rate, b, b * prompt, np.zeros_like(b, dtype=bool))
+
+    def solve(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        room = np.maximum(chunk - b, 1.0)
+        own = np.minimum(prompt, room)  # prompt tokens one request puts in one iteration
+        # Prompts arrive as chunks of `own` tokens, not spread thinly over every iteration: a fraction f of the
+        # iterations carries one (B·prompt/osl prompt tokens per iteration on average), the rest decode only.
+        # That keeps the roofline's max() and the experts touched right for both kinds of iteration.
+        per_iter = b * prompt / w.osl
+        share = np.minimum(per_iter / own, 1.0)
+        load = np.where(share < 1.0, own, np.minimum(per_iter, room))
+        # Pipeline: each of the pp micro-batches must pass all pp stages before its next iteration, so a round
+        # lasts at least pp x its heaviest micro-batch, and a chunk is not split across micro-batches.
+        p_round = np.maximum(load, it.pp * np.minimum(own, load))
+        with_prompt = it.time(b, ctx, p_round, prompt / 2.0)
+        tpot = share * with_prompt + (1.0 - share) * it.time(b, ctx, 0.0, 0.0)
+        chunks = np.ceil(prompt / room)
+        service_ttft = chunks * with_prompt + 0.5 * tpot + request_overhead_s
+        # Prefill-bound: prompts need more iterations than the decodes last.
+        life_iters = np.maximum(w.osl - 1.0, b * prompt / room - chunks)
+        return tpot, service_ttft, life_iters
+
+    if w.concurrency is not None or w.offline:
+        b = np.minimum(in_flight, cap)
+        tpot, service, life = solve(b)
+        if w.concurrency is not None:  # prefill of one request alone, the unit of the burst wait
+            one_prefill = it.time(0.0, 0.0, prompt, prompt / 2.0) - it.time(0.0, 0.0, 0.0, 0.0)
+            service = service + burst * np.maximum(b - 1.0, 0.0) / 2.0 * one_prefill
+        completions = b / (service + life * tpot)  # requests/s per instance
+        if w.offline:
+            # All requests at once: they are served B at a time; the mean request waits for half the run.
+            total = w.num_requests / replicas
+            ttft = service + np.maximum(total - b, 0.0) / completions / 2.0
+        else:
+            time_in_system = np.maximum(in_flight / completions, service + life * tpot)
+            ttft = time_in_system - life * tpot
+        return SteadyFigures(ttft, tpot, completions * w.osl, b, np.minimum(b * prompt / w.osl, chunk), np.zeros_like(b, dtype=bool))
+
+    assert w.request_rate is not None and not math.isinf(w.request_rate)
+    lam = w.request_rate / replicas  # requests/s per instance
+    b = np.ones_like(cap)
+    for _ in range(60):  # fixed point b = λ·(time in system), damped
+        tpot, service, life = solve(b)
+        target = np.minimum(lam * (service + life * tpot), cap)
+        b = 0.5 * b + 0.5 * np.maximum(target, 1.0)
+    tpot, service, life = solve(b)
+    completions = b / (service + life * tpot)
+    overloaded = lam > completions * 1.001
+    served = np.minimum(lam, completions)
+    # Queueing before admission: an M/D/1-like wait on the admission slot when the batch is at its cap;
+    # with an overload the queue grows over the run (half the run's excess, on average).
+    rho = np.minimum(lam / np.maximum(completions, 1e-12), 0.999)
+    wait = np.where(b >= cap - 0.5, rho / (2.0 * (1.0 - rho)) * (service + life * tpot) / cap, 0.0)
+    run_s = w.num_requests / w.request_rate
+    wait = np.where(overloaded, (1.0 - completions / lam) * run_s / 2.0, wait)
+    return SteadyFigures(service + wait, tpot, served * w.osl, b, np.minimum(b * prompt / w.osl, chunk), overloaded)

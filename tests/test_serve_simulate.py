@@ -1,0 +1,105 @@
+"""The scheduler simulation against the steady-state model, and the queueing behaviour it must show."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from meshplan.errors import PlanError
+from meshplan.serve.capacity import capacity
+from meshplan.serve.cost import iteration_model
+from meshplan.serve.deployment import Deployment, DeploymentTable
+from meshplan.serve.efficiency import default_serving_efficiency
+from meshplan.serve.simulate import simulate
+from meshplan.serve.steady import steady_state
+from meshplan.serve.workload import LatencyTarget, ServeWorkload
+from meshplan.specs import load_gpu, load_model, make_cluster
+
+EFF = default_serving_efficiency()
+
+
+def _setup(workload: ServeWorkload, **kw: object):  # type: ignore[no-untyped-def]
+    model, gpu = load_model("Llama-3.1-8B"), load_gpu("H100")
+    dep = Deployment(precision="fp8", kv_dtype="fp8", **kw)  # type: ignore[arg-type]
+    t = DeploymentTable.of([dep])
+    cap = capacity(model, gpu, t, EFF.memory_fraction, EFF.runtime_bytes)
+    it = iteration_model(model, make_cluster(gpu, dep.gpus_per_instance), t, EFF, "vllm")
+    return dep, t, cap, it
+
+
+def _sim(workload: ServeWorkload, n: int = 300, **kw: object):  # type: ignore[no-untyped-def]
+    dep, _, cap, it = _setup(workload, **kw)
+    return simulate(it, workload, kv_tokens=float(cap.kv_tokens[0]), max_batch=dep.max_batch,
+                    chunk_tokens=dep.chunk_tokens, replicas=dep.replicas, num_requests=n)
+
+
+def test_closed_loop_simulation_agrees_with_steady_state() -> None:
+    # Two algorithms for the same closed loop (staggered clients, burst 0): mean TPOT and throughput agree.
+    w = ServeWorkload(isl=512, osl=256, concurrency=16)
+    dep, t, cap, it = _setup(w)
+    fig = steady_state(it, w, cap.max_sequences(640.0), t.max_batch, t.chunk_tokens, t.replicas)
+    sim = simulate(it, w, kv_tokens=float(cap.kv_tokens[0]), max_batch=dep.max_batch, chunk_tokens=dep.chunk_tokens,
+                   replicas=1, num_requests=400)
+    assert float(np.mean(sim.tpot_s)) == pytest.approx(float(fig.tpot_s[0]), rel=0.1)
+    assert sim.output_tokens_per_s == pytest.approx(float(fig.output_tokens_per_s[0]), rel=0.1)
+
+
+def test_poisson_tails_and_load() -> None:
+    light = _sim(ServeWorkload(isl=512, osl=128, request_rate=2.0))
+    heavy = _sim(ServeWorkload(isl=512, osl=128, request_rate=60.0))
+    for sim in (light, heavy):
+        assert sim.percentile("ttft", 99) >= sim.percentile("ttft", 90) >= sim.percentile("ttft", 50)
+    # more load: longer TPOT (bigger batches) and longer queues before the first token
+    assert heavy.percentile("tpot", 50) > light.percentile("tpot", 50)
+    assert heavy.percentile("ttft", 90) > light.percentile("ttft", 90)
+    # a light load is served: output rate = offered rate x osl within the Poisson noise of 300 requests
+    assert light.output_tokens_per_s == pytest.approx(2.0 * 128, rel=0.2)
+
+
+def test_batch_limit_queues_requests() -> None:
+    # With at most 4 sequences in flight, 32 closed-loop clients wait for a slot: TTFT grows by the queue,
+    # roughly (32 / 4 - 1) request lifetimes, while TPOT stays that of a batch of 4.
+    free = _sim(ServeWorkload(isl=256, osl=64, concurrency=4), n=200, max_batch=4)
+    queued = _sim(ServeWorkload(isl=256, osl=64, concurrency=32), n=200, max_batch=4)
+    lifetime = float(np.mean(free.ttft_s + 63 * free.tpot_s))
+    assert float(np.mean(queued.tpot_s)) == pytest.approx(float(np.mean(free.tpot_s)), rel=0.15)
+    assert float(np.mean(queued.ttft_s)) == pytest.approx(7 * lifetime, rel=0.25)
+
+
+def test_offline_ttft_grows_with_the_number_of_requests() -> None:
+    small = _sim(ServeWorkload(isl=256, osl=64, request_rate=float("inf")), n=100, max_batch=16)
+    large = _sim(ServeWorkload(isl=256, osl=64, request_rate=float("inf")), n=400, max_batch=16)
+    assert float(np.mean(large.ttft_s)) > 2.5 * float(np.mean(small.ttft_s))
+
+
+def test_latency_target_parsing() -> None:
+    t = LatencyTarget.parse("2s@p90", "--ttft")
+    assert (t.limit_s, t.percentile) == (2.0, 90.0)
+    assert LatencyTarget.parse("50ms@p99", "--tpot").limit_s == pytest.approx(0.05)
+    assert LatencyTarget.parse("120ms", "--tpot").percentile == 50.0
+    with pytest.raises(PlanError, match="--ttft target"):
+        LatencyTarget.parse("fast", "--ttft")
+
+
+def test_trace_replay_and_histograms(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from meshplan.serve.workload import histogram_mean, load_histogram, load_trace, trace_workload
+
+    # Requests 10 s apart never meet: each TTFT is one prompt's prefill (plus half... no: it starts at once),
+    # the same for every request of the same length; the trace's rate and mean lengths carry over.
+    trace_csv = tmp_path / "trace.csv"
+    trace_csv.write_text("arrival_s,isl,osl\n" + "".join(f"{10.0 * i},{256 if i % 2 else 512},32\n" for i in range(20)))
+    work = trace_workload(load_trace(trace_csv))
+    assert work.request_rate == pytest.approx(19 / 190.0) and work.isl == 384 and work.osl == 32
+    sim = _sim(work, n=20)
+    assert len(sim.ttft_s) == 20
+    short, long = sim.ttft_s[1::2], sim.ttft_s[0::2]
+    assert np.ptp(short) == pytest.approx(0.0, abs=1e-12) and np.ptp(long) == pytest.approx(0.0, abs=1e-12)
+    assert long[0] > short[0]
+    hist_csv = tmp_path / "isl.csv"
+    hist_csv.write_text("tokens,count\n100,3\n400,1\n")
+    hist = load_histogram(hist_csv, "isl histogram")
+    assert histogram_mean(hist) == pytest.approx(175.0)  # (3 x 100 + 400) / 4
+    with pytest.raises(PlanError, match="is not 'tokens,count'"):
+        bad = tmp_path / "bad.csv"
+        bad.write_text("100;3\n")
+        load_histogram(bad, "isl histogram")
