@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -91,29 +92,39 @@ def test_more_tensor_parallelism_means_less_memory_per_rank() -> None:
     assert resident(two_ranks) < 0.7 * resident(one_rank)
 
 
-def _no_orphans() -> None:
+def _own_temp_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> bytes:
+    """Point tempfile at tmp_path so that this test's rank processes name it on their command line."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return str(tmp_path).encode()
+
+
+def _no_orphans(marker: bytes) -> None:
+    """No rank process of this test (its command line names the test's own temp dir) outlives the launch;
+    other launches on the machine (another test session) are not this test's concern."""
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
             except OSError:
                 continue
-            assert b"meshplan.run.worker" not in cmd, f"orphan rank process {pid}"
+            assert not (b"meshplan.run.worker" in cmd and marker in cmd), f"orphan rank process {pid}"
 
 
-def test_a_rank_that_raises_is_named() -> None:
+def test_a_rank_that_raises_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    marker = _own_temp_dir(monkeypatch, tmp_path)
     cfg = _config(Strategy(dp=2, zero=0), fault=Fault(rank=1, kind="raise", step=1))
     with pytest.raises(RunFailed, match=r"rank 1 failed: RuntimeError: injected fault on rank 1 at step 1"):
         launch(cfg, 2, reference=False)
-    _no_orphans()
+    _no_orphans(marker)
 
 
-def test_a_rank_that_hangs_times_out_and_everything_is_killed() -> None:
+def test_a_rank_that_hangs_times_out_and_everything_is_killed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    marker = _own_temp_dir(monkeypatch, tmp_path)
     cfg = _config(Strategy(dp=2, zero=0), fault=Fault(rank=1, kind="hang", step=1)).model_copy(update={"timeout_s": 8})
     with pytest.raises(RunFailed) as err:
         launch(cfg, 2, reference=False, timeout_s=120)
     assert "rank 0" in str(err.value)  # the rank left waiting in the collective reports the timeout
-    _no_orphans()
+    _no_orphans(marker)
 
 
 def test_process_count_must_match_the_layout() -> None:
