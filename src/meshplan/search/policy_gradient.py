@@ -81,6 +81,11 @@ def _score(choice: np.ndarray, p: np.ndarray, advantage: np.ndarray, entropy: fl
     return (onehot - p) * adv + entropy * h_grad
 
 
+def _centred_rank(reward: np.ndarray) -> np.ndarray:
+    """Each reward's rank among them, scaled to [-0.5, 0.5] (0 for a single one)."""
+    return np.argsort(np.argsort(reward)) / max(len(reward) - 1, 1) - 0.5 * (len(reward) > 1)
+
+
 def _kinds(table: Pricer) -> np.ndarray:
     """Kind of each layer (a heterogeneous table's groups share the model's kinds)."""
     kind = getattr(table, "kind", None)
@@ -140,12 +145,17 @@ def search_policy_gradient(space: PlanSpace, options: PolicyGradientOptions = Po
         fit, tps = space.fitness(base, offsets, rec_choice, tracker)
         best_tps = max(best_tps, float(tps.max()))
         reward = np.where(tps > 0, tps / max(best_tps, 1e-30), fit)
-        advantage = np.argsort(np.argsort(reward)) / max(n - 1, 1) - 0.5
+        advantage = _centred_rank(reward)
+        # the choices made after the base are ranked among the plans of the same base (a per-base baseline)
+        within = np.zeros(n)
+        for b in np.unique(base):
+            same = np.flatnonzero(base == b)
+            within[same] = _centred_rank(reward[same])
         grads = [np.zeros_like(x) for x in params]
         grads[0] = _score(base, np.broadcast_to(p_base, (n, bases)), advantage, options.base_entropy).sum(axis=0) / n
-        g_size = _score(size_choice, size_p, advantage, options.entropy) * size_active[..., None]
+        g_size = _score(size_choice, size_p, within, options.entropy) * size_active[..., None]
         np.add.at(grads[1], (base[:, None], np.arange(size_logits.shape[1])[None, :]), g_size / n)
-        g_rec = _score(rec_choice, p_rec, advantage, options.entropy)
+        g_rec = _score(rec_choice, p_rec, within, options.entropy)
         np.add.at(grads[2], (base[:, None], stage_of_layer, layer_kind), g_rec / n)
         for opt, param, grad in zip(adam, params, grads):
             opt.step(param, grad)
