@@ -8,10 +8,12 @@ The policy samples a plan in the order its choices depend on one another (an aut
 3. each layer's recomputation from a distribution learned per (base, stage, layer kind): layers of one kind in
    one stage cost the same (`cost.nonuniform`), so they share their logits and their learning signal.
 Each iteration samples a batch, prices it in one cost-model call, and moves every logit (by Adam) along the
-score-function gradient ∇ log π(plan) · advantage, plus an entropy bonus. The advantage is the plan's centred
-rank within the batch (fitness shaping, Wierstra et al. 2014): invariant to the scale of the reward, which is
-tokens/s when the plan fits and minus its memory overflow ratio when it does not. The logits start at zero
-(uniform choices): nothing of the uniform plans is given to it. The best plan seen is kept (`Tracker`).
+score-function gradient ∇ log π(plan) · advantage, plus an entropy bonus. Advantages are centred ranks (fitness
+shaping, Wierstra et al. 2014), invariant to the reward's scale: the reward is tokens/s when the plan fits and
+minus its memory overflow ratio when it does not. The base choice is ranked against the whole batch; the choices
+made after it against the plans of the same base (a per-base baseline), so that each base's policy learns even
+while its base is behind. The logits start at zero but for the split's prior toward the even share
+(`offset_scale`): nothing of the uniform plans' pricing is given to it. The best plan seen is kept (`Tracker`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from meshplan.search.nonuniform import Pricer
 
 @dataclass(frozen=True)
 class PolicyGradientOptions:
-    batch: int = 64
+    batch: int = 128
+    """Plans per update: measured better than 32, 64 or 256 on the benchmark's problems at 20,000 plans."""
     evaluations: int = 20_000
     """Budget: plans priced in all."""
     learning_rate: float = 0.15
