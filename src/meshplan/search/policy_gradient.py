@@ -98,7 +98,7 @@ def _kinds(table: Pricer) -> np.ndarray:
 def search_policy_gradient(space: PlanSpace, options: PolicyGradientOptions = PolicyGradientOptions()) -> Tracker:
     rng = np.random.default_rng(options.seed)
     tracker = Tracker()
-    tables, n = space.tables, options.batch
+    tables, n = space.tables, max(1, min(options.batch, options.evaluations))  # a budget below one batch: one batch
     bases, layers = len(tables), space.num_layers
     stages = np.array([t.num_stages for t in tables])
     kinds = np.stack([_kinds(t) for t in tables])  # [base, layer]
