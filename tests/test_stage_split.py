@@ -7,7 +7,9 @@ import pytest
 
 from meshplan.cost.nonuniform import uniform_bounds
 from meshplan.cost.stages import stage_layers, stage_sizes
-from meshplan.run.parallel import chunk_layers
+from meshplan.errors import PlanError
+from meshplan.run.parallel import check_runnable, chunk_layers
+from meshplan.run.plan_run import tiny_model
 from meshplan.strategy import Strategy, StrategyTable
 
 PAIRS = [(layers, pp) for layers in range(1, 41) for pp in range(1, min(layers, 17) + 1)] + [(126, 16), (61, 16)]
@@ -46,5 +48,13 @@ def test_stage_sizes_agree_with_the_vectorised_cost_model() -> None:
 
 
 def test_stage_sizes_refuses_empty_stages() -> None:
-    with pytest.raises(ValueError, match="3 layers into 4"):
+    with pytest.raises(PlanError, match="3 layers into 4"):
         stage_sizes(3, 4)
+
+
+def test_the_executor_refuses_more_chunks_than_layers() -> None:
+    # 3 layers cannot give pp 2 x vpp 2 = 4 model chunks a layer each: refused up front, not an empty stage.
+    s = Strategy(dp=1, pp=2, vpp=2, schedule="interleaved")
+    with pytest.raises(PlanError, match="3 layers cannot fill pp=2 x vpp=2"):
+        check_runnable(tiny_model(s, num_layers=3), s, global_batch=8, seq_len=16)
+    check_runnable(tiny_model(s, num_layers=4), s, global_batch=8, seq_len=16)  # 4 layers: one per chunk
