@@ -34,6 +34,7 @@ from meshplan.cost.memory import (
     activation_bytes_per_layer,
     num_microbatches,
 )
+from meshplan.cost.stages import stage_sizes
 from meshplan.cost.training import layer_times, training_cost
 from meshplan.errors import PlanError
 from meshplan.specs.cluster import ClusterSpec
@@ -243,10 +244,5 @@ def price(table: LayerCostTable, bounds: np.ndarray, recompute: np.ndarray) -> P
 
 
 def uniform_bounds(num_layers: int, pp: int) -> np.ndarray:
-    """The split `cost.stages` prices for a uniform strategy: ⌈L/pp⌉ or ⌊L/pp⌋ layers, the lighter stages being
-    the last, then the first, then the second, third, ..."""
-    base, extra = divmod(num_layers, pp)
-    light_order = [pp - 1, 0, *range(1, pp - 1)] if pp > 1 else [0]
-    sizes = np.full(pp, base + 1, dtype=np.int64)
-    sizes[light_order[: pp - extra]] = base
-    return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    """The split `cost.stages` prices for a uniform strategy (`stage_sizes`), as stage bounds [pp + 1]."""
+    return np.concatenate([[0], np.cumsum(stage_sizes(num_layers, pp))]).astype(np.int64)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from meshplan.errors import PlanError
 from meshplan.strategy import StrategyTable
 
 
@@ -26,6 +27,17 @@ class StageLayers:
     middle: np.ndarray
     """The heaviest stage that is neither first nor last (equal to `first` when pp <= 2)."""
     last: np.ndarray
+
+
+def stage_sizes(num_layers: int, pp: int) -> list[int]:
+    """Layers of each of the `pp` stages, in order, as `stage_layers` prices them: ⌈L/pp⌉ or ⌊L/pp⌋, the lighter
+    stages being the last, then the first, then the second, third, ... (the one split the executor also runs)."""
+    if pp < 1 or num_layers < pp:
+        raise PlanError(f"cannot split {num_layers} layers into {pp} non-empty stages; use 1 <= pp <= layers")
+    base, extra = divmod(num_layers, pp)
+    light_order = [pp - 1, 0, *range(1, pp - 1)] if pp > 1 else [0]
+    light = set(light_order[: pp - extra])
+    return [base if k in light else base + 1 for k in range(pp)]
 
 
 def stage_layers(num_layers: int, t: StrategyTable) -> StageLayers:

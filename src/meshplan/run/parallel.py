@@ -21,6 +21,7 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
+from meshplan.cost.stages import stage_sizes
 from meshplan.errors import PlanError
 from meshplan.run.model import Block, Decoder, FeedForward
 from meshplan.specs.model import ModelSpec
@@ -34,6 +35,9 @@ def check_runnable(spec: ModelSpec, s: Strategy, global_batch: int, seq_len: int
                                      or sum(stage_layers) != spec.num_layers):
         raise PlanError(f"stage layers {stage_layers} do not split {spec.num_layers} layers into pp={s.pp} non-empty "
                         "stages (vpp 1); give one count per stage adding up to the model's layers")
+    if spec.num_layers < s.pp * s.vpp:
+        raise PlanError(f"{spec.num_layers} layers cannot fill pp={s.pp} x vpp={s.vpp} pipeline chunks; "
+                        "lower pp or vpp")
     if layer_recompute is not None and len(layer_recompute) != spec.num_layers:
         raise PlanError(f"{len(layer_recompute)} per-layer recomputation entries for {spec.num_layers} layers; "
                         "give one per layer")
@@ -61,13 +65,16 @@ def build_mesh(s: Strategy, device_type: str) -> DeviceMesh:
     return init_device_mesh(device_type, (s.pp, s.dp, s.tp), mesh_dim_names=("pp", "dp", "tp"))
 
 
-def chunk_layers(num_layers: int, num_chunks: int) -> list[list[int]]:
-    """Contiguous layer ranges per model chunk; when uneven, the first and last chunks are the lighter ones."""
-    base, extra = divmod(num_layers, num_chunks)
-    sizes = [base] * num_chunks
-    middle = list(range(1, num_chunks - 1)) or list(range(num_chunks))
-    for i in range(extra):
-        sizes[middle[i % len(middle)]] += 1
+def chunk_layers(num_layers: int, pp: int, vpp: int = 1) -> list[list[int]]:
+    """Contiguous layer ranges of the pp * vpp model chunks (chunk r + k * pp on pipeline rank r). Each rank holds
+    the layers the cost model prices for its stage (`cost.stages.stage_sizes`: lighter first and last stages),
+    cut into vpp chunks as evenly as they go (the heavier chunks first)."""
+    per_rank = stage_sizes(num_layers, pp)
+    sizes = [0] * (pp * vpp)
+    for rank, total in enumerate(per_rank):
+        base, extra = divmod(total, vpp)
+        for k in range(vpp):
+            sizes[rank + k * pp] = base + (k < extra)
     out, start = [], 0
     for size in sizes:
         out.append(list(range(start, start + size)))
@@ -81,7 +88,7 @@ def stage_modules(model: Decoder, s: Strategy, pp_rank: int,
     `stage_layers` gives each stage its own number of layers (uneven `PipelineStage`s are allowed)."""
     num_stages = s.pp * s.vpp
     if stage_layers is None:
-        chunks = chunk_layers(len(model.layers), num_stages)
+        chunks = chunk_layers(len(model.layers), s.pp, s.vpp)
     else:
         starts = [sum(stage_layers[:k]) for k in range(len(stage_layers))]
         chunks = [list(range(a, a + n)) for a, n in zip(starts, stage_layers)]
