@@ -227,7 +227,7 @@ def calibrate_cmd(
                                             ".calibrated.json).")] = None,
 ) -> None:
     """Fit the cost model's factors to the stored runs of this hardware; write a calibrated profile."""
-    from meshplan.measure.calibrate import calibrate, calibrated_profile
+    from meshplan.measure.calibrate import calibrate
     from meshplan.measure.hardware import write_profile
 
     try:
@@ -238,7 +238,7 @@ def calibrate_cmd(
         result = calibrate(runs, profile)
         assert hardware is not None
         target = out or hardware.with_name(hardware.name.removesuffix(".json") + ".calibrated.json")
-        write_profile(calibrated_profile(profile, result), target)
+        write_profile(result.profile, target)
     except PlanError as exc:
         _fail(str(exc))
         return

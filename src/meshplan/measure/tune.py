@@ -44,13 +44,14 @@ def tune(job: LocalJob, profile: HardwareProfile, *, budget: int, store: Store |
         raise PlanError(f"--budget {budget} must allow at least one run")
     eff = profile_efficiency(profile)
     pool = candidates(job, profile, eff)
+    current = profile  # re-calibration refits the link latency too
     session = uuid.uuid4().hex[:12]
     done: dict[str, RunRecord] = {}
     records: list[RunRecord] = []
     rounds: list[str] = []
     converged = False
     while True:
-        step, mem = predict(job, [c.strategy for c in pool], profile, eff)
+        step, mem = predict(job, [c.strategy for c in pool], current, eff)
         ranked = sorted(range(len(pool)), key=lambda i: float(step[i]))
         winner = pool[ranked[0]].strategy.label()
         ok = [r for r in done.values() if r.status == "ok"]
@@ -79,7 +80,8 @@ def tune(job: LocalJob, profile: HardwareProfile, *, budget: int, store: Store |
         if on_round is not None:
             on_round(line)
         if any(r.status == "ok" for r in records):
-            eff = calibrate(records, profile, profile_efficiency(profile)).efficiency
+            fit = calibrate(records, profile)
+            current, eff = fit.profile, fit.efficiency
     ok = [r for r in records if r.status == "ok"]
     pick = min(ok, key=lambda r: r.measured_step_time_s or 0.0) if ok else None
     return TuneResult(pick, records, converged, eff, rounds)
