@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -34,7 +35,15 @@ from meshplan.measure.hardware import load_profile, profile_efficiency, write_pr
 from meshplan.measure.profile import measure
 from meshplan.measure.store import Store
 from meshplan.measure.tune import tune
-from meshplan.measure.validate import LOCAL_MODELS, LocalAxes, LocalJob, predict, validate
+from meshplan.measure.validate import (
+    LOCAL_MODELS,
+    LocalAxes,
+    LocalJob,
+    candidates,
+    predict,
+    run_and_store,
+    summarise,
+)
 
 AXES = LocalAxes(zero=(0, 3), recompute=("none", "full"), schedule=("1f1b",), sequence_parallel=(True,))
 
@@ -87,7 +96,12 @@ def main() -> int:
             print(f"  ran {r.strategy.label():32s} predicted {r.predicted_step_time_s:.3f} s "
                   f"{r.predicted_peak_memory_bytes / 1e6:.1f} MB; measured {m}", flush=True)
 
-        records, summary = validate(job, profile, top_k=None, store=store, on_result=show)
+        # every candidate, in a shuffled order (seeded): a drift of the machine's load over the sweep then does not
+        # line up with the predicted ranking
+        todo = candidates(job, profile)
+        random.Random(0).shuffle(todo)
+        records = run_and_store(job, todo, profile, store, "closed-loop", "measured profile", on_result=show)
+        summary = summarise(records)
     ok = [r for r in records if r.status == "ok"]
     print(f"{len(records)} strategies, {summary.num_ok} measured, {summary.num_failed} failed")
     if len(ok) < 4:

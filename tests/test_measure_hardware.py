@@ -140,7 +140,7 @@ def test_local_specs_in_the_cost_models_units() -> None:
 
 def test_estimate_says_which_layer_produced_it(tmp_path: Path) -> None:
     write_profile(make_profile(), tmp_path / "hw.json")
-    job = dict(model="GPT-3-1.3B", num_gpus=4, global_batch=4, seq_len=128, zero=3)
+    job = {"model": "GPT-3-1.3B", "num_gpus": 4, "global_batch": 4, "seq_len": 128, "zero": 3}
     measured = estimate(**job, hardware=str(tmp_path / "hw.json"))
     fitted = estimate(**job, gpu="H100")
     assert measured.provenance["knowledge_layer"] == "measured profile"

@@ -53,6 +53,12 @@ class Efficiency(Frozen):
     layer: Literal["datasheet", "fitted efficiency", "measured profile"] = "fitted efficiency"
     """The layer of hardware knowledge these factors belong to: datasheet peaks with default factors, factors
     fitted to measured runs, or a measured hardware profile (`meshplan profile`, GPU spec built from it)."""
+    pp_bubble_hidden: float = Field(default=0.0, ge=0, le=1)
+    """Fraction of the pipeline bubble that costs nothing: 0 on GPUs (an idle stage idles its device); on processes
+    sharing too few CPU cores the idle stages' cores serve the busy ones. Set by a hardware profile, calibrated."""
+    dp_overlap: float = Field(default=1.0, ge=0, le=1)
+    """Fraction of the compute window that hides data-parallel communication (1: separate NCCL streams; 0: gloo
+    on the cores that compute)."""
     memory_state_scale: float = Field(default=1.0, gt=0)
     """Measured / modelled bytes of weights, gradients and optimizer states (1 for the 2+4+12 B/param mixed-precision
     layout; 16/18 for float32 training: 4+4+8 B/param). Set by a hardware profile, refined by calibration."""

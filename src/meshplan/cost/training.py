@@ -267,7 +267,7 @@ def training_cost(model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkloa
     crit_recompute = crit_layers * per_layer["recompute"]
 
     # --- pipeline ----------------------------------------------------------------------------------------
-    bubble = (t.pp - 1) / t.vpp * mean
+    bubble = (1.0 - eff.pp_bubble_hidden) * (t.pp - 1) / t.vpp * mean
     p2p_bytes = act_bytes / t.tp
     pp_cross = t.tp * t.cp * t.dp >= cluster.gpus_per_node
     p2p = np.where(t.pp > 1, 2.0 * (m * t.vpp + t.pp - 1) * p2p_time(p2p_bytes, pp_cross, ctx.links), 0.0)
@@ -283,8 +283,9 @@ def training_cost(model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkloa
         return op(bytes_per_param * dense_p, dp_n, dp_stride, ctx.links) + op(bytes_per_param * expert_p, ex_n, ex_stride, ctx.links)
 
     compute_mb = crit_compute + crit_recompute
-    bwd_window = (2.0 / 3.0) * crit_compute  # the last micro-batch's backward hides the gradient sync
-    fwd_window = crit_compute / 3.0  # the first micro-batch's forward hides the parameter gather
+    # the last micro-batch's backward hides the gradient sync, the first one's forward the parameter gather
+    bwd_window = eff.dp_overlap * (2.0 / 3.0) * crit_compute
+    fwd_window = eff.dp_overlap * crit_compute / 3.0
     grad_ar = sync(all_reduce_time, GRAD_BYTES)
     grad_rs = sync(reduce_scatter_time, GRAD_BYTES)
     param_ag = sync(all_gather_time, WEIGHT_BYTES)
@@ -304,7 +305,7 @@ def training_cost(model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkloa
         [np.maximum(grad_ar - bwd_window, 0.0),
          exposed_rs + np.maximum(param_ag - fwd_window, 0.0),
          m * exposed_rs + np.maximum(param_ag - fwd_window, 0.0)],
-        m * (np.maximum(zero3_mb - compute_mb, 0.0) + zero3_mb / units),
+        m * (np.maximum(zero3_mb - eff.dp_overlap * compute_mb, 0.0) + zero3_mb / units),
     )
     dp_comm = np.where(dp_n > 1, dp_comm, 0.0)
 

@@ -97,6 +97,15 @@ def _collective(spec: dict[str, Any], groups: dict[int, Any], device: torch.devi
 
         def fn() -> None:
             dist.all_to_all_single(out_a2a, x, group=group)
+    elif op == "loaded_all_reduce":  # every rank computes between collectives, as in training
+        work = torch.randn(spec["gemm_size"], spec["gemm_size"], device=device)
+        waits: list[float] = []
+
+        def fn() -> None:
+            torch.matmul(work, work)
+            t0 = time.perf_counter()
+            dist.all_reduce(x, group=group)
+            waits.append(time.perf_counter() - t0)
     else:  # send_recv between ranks 0 and 1 (group size 2)
         def fn() -> None:
             if rank == 0:
@@ -107,6 +116,8 @@ def _collective(spec: dict[str, Any], groups: dict[int, Any], device: torch.devi
                 dist.send(x, 0)
     dist.barrier()
     seconds = _timed(fn, spec["min_seconds"], device, reps=spec["reps"]) if member else 0.0
+    if op == "loaded_all_reduce" and member:
+        seconds = statistics.median(waits[1:])  # the collective alone, its wait for busy peers included
     if op == "send_recv":
         seconds /= 2.0  # a round trip is two one-way messages
     worst = torch.tensor([seconds], dtype=torch.float64)

@@ -29,11 +29,12 @@ from meshplan.strategy import StrategyTable
 # profile measures a process's share while all compute at once, and pipeline bubbles leave some ranks more.
 # The link latency (s) is refitted too: in training a collective also waits for its peers to be scheduled, which
 # an idle microbenchmark does not see on shared cores.
-BOUNDS = {"gemm": (0.05, 3.0), "link_latency_s": (0.0, 0.05), "intra_node_bandwidth": (0.02, 1.0),
-          "attention_ratio": (0.05, 1.0), "ridge_factor": (0.0, 4.0)}
+BOUNDS = {"gemm": (0.05, 3.0), "link_latency_s": (0.0, 0.05), "pp_bubble_hidden": (0.0, 1.0),
+          "intra_node_bandwidth": (0.02, 1.0), "dp_overlap": (0.0, 1.0), "attention_ratio": (0.05, 1.0),
+          "ridge_factor": (0.0, 4.0)}
 # Parameters in the order more runs unlock them: (minimum successful runs, name).
-STEP_PARAMETERS = ((1, "gemm"), (3, "link_latency_s"), (5, "intra_node_bandwidth"), (7, "attention_ratio"),
-                   (9, "ridge_factor"))
+STEP_PARAMETERS = ((1, "gemm"), (3, "link_latency_s"), (4, "pp_bubble_hidden"), (6, "intra_node_bandwidth"),
+                   (7, "dp_overlap"), (9, "attention_ratio"), (11, "ridge_factor"))
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,7 @@ class CollectivePoint(Frozen):
     """One collective, group size and message size: median seconds over repetitions, slowest rank."""
 
     collective: Literal["all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv"]
+    """The collective; all_reduce points timed between GEMMs are kept apart as the loaded latency."""
     group_size: int = Field(ge=2)
     nbytes: int = Field(gt=0)
     """Bytes per rank (the buffer each rank contributes)."""
@@ -93,7 +94,10 @@ class LinkTier(Frozen):
     """α-β of one link tier, fitted jointly to every collective with the cost model's own algorithm costs."""
 
     latency_s: float = Field(ge=0)
+    """α in training conditions: collectives timed while the peers compute (the idle fit's α when larger)."""
     bytes_per_s: float = Field(gt=0)
+    idle_latency_s: float | None = Field(default=None, ge=0)
+    """α of the idle microbenchmarks (every rank waiting on the collective)."""
     rms_relative_error: float = Field(ge=0)
     """Root-mean-square relative error of the α-β model over the measured points."""
     num_points: int = Field(ge=0)
@@ -230,6 +234,7 @@ def profile_efficiency(profile: HardwareProfile) -> Efficiency:
         return profile.efficiency
     gpu = local_gpu(profile)
     curve = profile.curve()
+    d = profile.device
     ridge = gpu.peak("bf16") / gpu.hbm_bytes_per_s  # the cost model's ridge point, FLOP/byte
     # the cost model's intensities count 2-byte elements: the measured half-intensity x element bytes / 2
     half = curve.half_intensity * DTYPE_BYTES[profile.executor_dtype] / ACT_BYTES
@@ -237,6 +242,9 @@ def profile_efficiency(profile: HardwareProfile) -> Efficiency:
         gemm={gpu.architecture: 1.0}, fp8_ratio=1.0, ridge_factor=min(half / ridge, 4.0),
         intra_node_bandwidth=1.0, inter_node_bandwidth=1.0, fallback_architecture=gpu.architecture,
         source=f"measured profile {profile.fingerprint}", layer="measured profile",
+        # N processes on fewer cores: while a pipeline stage idles, the others get its share of the cores
+        pp_bubble_hidden=max(0.0, 1.0 - d.logical_cores / d.num_processes) if d.kind == "cpu" else 0.0,
+        dp_overlap=0.0 if d.kind == "cpu" else 1.0,  # gloo's collectives run on the computing cores
         memory_state_scale=EXECUTOR_STATE_BYTES[profile.executor_dtype] / MODEL_STATE_BYTES,
         memory_activation_scale=DTYPE_BYTES[profile.executor_dtype] / ACT_BYTES,
         memory_overhead_bytes=0.0 if profile.device.kind == "cpu" else None,

@@ -71,6 +71,9 @@ def bench_plan(nproc: int, *, quick: bool = False, dtypes: tuple[str, ...] = ("f
     if nproc > 1:
         coll += [{"collective": "send_recv", "group_size": 2, "nbytes": b, "min_seconds": min_s, "reps": reps}
                  for b in msg]
+        # small all-reduces between GEMMs (~0.1 GFLOP each): the latency training sees when peers are busy
+        coll += [{"collective": "loaded_all_reduce", "group_size": nproc, "nbytes": b, "min_seconds": min_s,
+                  "reps": 2 * reps, "gemm_size": 384} for b in msg[:2]]
     return {"gemm": gemm, "copy": copy, "collectives": coll, "threads": 1, "timeout_s": 300}
 
 
@@ -161,6 +164,16 @@ def fit_link(points: list[CollectivePoint]) -> LinkTier:
     return LinkTier(latency_s=float(alpha), bytes_per_s=1.0 / beta, rms_relative_error=rms, num_points=len(points))
 
 
+def with_loaded_latency(tier: LinkTier, loaded: list[CollectivePoint]) -> LinkTier:
+    """α refitted to collectives timed between GEMMs (peers busy computing), β kept from the idle fit: the latency
+    of a collective in training includes waiting for peers to be scheduled, which idle microbenchmarks miss."""
+    feats = np.array([_alpha_beta_features(p) for p in loaded])
+    t = np.array([p.seconds for p in loaded])
+    alpha = float(np.median((t - feats[:, 1] / tier.bytes_per_s) / feats[:, 0]))
+    return tier.model_copy(update={"latency_s": max(alpha, tier.latency_s), "idle_latency_s": tier.latency_s,
+                                   "num_points": tier.num_points + len(loaded)})
+
+
 def _device(raw: dict[str, Any], nproc: int) -> DeviceInfo:
     cores = os.cpu_count() or 1
     arch: Architecture
@@ -199,9 +212,13 @@ def fit_profile(raw: dict[str, Any], nproc: int) -> HardwareProfile:
     copy = raw["copy"][0]
     bandwidth = 2.0 * copy["nbytes"] / float(np.median(copy["seconds_per_rank"]))  # read + write
     points = [CollectivePoint(collective=c["collective"], group_size=c["group_size"], nbytes=c["nbytes"],
-                              seconds=c["seconds"]) for c in raw["collective"]]
+                              seconds=c["seconds"]) for c in raw["collective"] if c["collective"] != "loaded_all_reduce"]
+    loaded = [CollectivePoint(collective="all_reduce", group_size=c["group_size"], nbytes=c["nbytes"],
+                              seconds=c["seconds"]) for c in raw["collective"] if c["collective"] == "loaded_all_reduce"]
     if points:
         tier = fit_link(points)
+        if loaded:
+            tier = with_loaded_latency(tier, loaded)
     else:  # one process: nothing to communicate with; a link that is never used
         tier = LinkTier(latency_s=0.0, bytes_per_s=bandwidth, rms_relative_error=0.0, num_points=0)
     device = _device(raw, nproc)

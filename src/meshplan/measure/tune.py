@@ -38,8 +38,10 @@ class TuneResult:
 
 def tune(job: LocalJob, profile: HardwareProfile, *, budget: int, store: Store | None,
          runner: Runner = torchrun_runner, on_round: Callable[[str], None] | None = None,
-         min_runs: int = 2) -> TuneResult:
-    """Tune within `budget` real runs; the winner is confirmed only against at least `min_runs` measured ones."""
+         margin: float = 0.2) -> TuneResult:
+    """Tune within `budget` real runs. The predicted winner counts as confirmed when it is the fastest measured
+    strategy and every candidate predicted within `margin` (relative) of it has been measured too: closer than
+    that, the calibrated model cannot tell them apart (its errors are of that size)."""
     if budget < 1:
         raise PlanError(f"--budget {budget} must allow at least one run")
     eff = profile_efficiency(profile)
@@ -56,8 +58,9 @@ def tune(job: LocalJob, profile: HardwareProfile, *, budget: int, store: Store |
         winner = pool[ranked[0]].strategy.label()
         ok = [r for r in done.values() if r.status == "ok"]
         measured_best = min(ok, key=lambda r: r.measured_step_time_s or 0.0) if ok else None
-        if measured_best is not None and len(ok) >= min(min_runs, len(pool)) and winner in done \
-                and measured_best.strategy.label() == winner:
+        contenders = [pool[i].strategy.label() for i in ranked if step[i] <= (1.0 + margin) * step[ranked[0]]]
+        if measured_best is not None and measured_best.strategy.label() == winner \
+                and all(label in done for label in contenders):
             converged = True
             rounds.append(f"predicted winner {winner} is the measured winner: stop")
             break
