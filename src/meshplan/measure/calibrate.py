@@ -32,6 +32,9 @@ from meshplan.strategy import StrategyTable
 BOUNDS = {"gemm": (0.05, 3.0), "link_latency_s": (0.0, 0.05), "pp_bubble_hidden": (0.0, 1.0),
           "intra_node_bandwidth": (0.02, 1.0), "dp_overlap": (0.0, 1.0), "attention_ratio": (0.05, 1.0),
           "ridge_factor": (0.0, 4.0)}
+# Weak prior: a factor moves freely within ~PRIOR_SPREAD x its profiled value (or a quarter of its range when that
+# value is 0) before the pull back costs as much as a 100% step-time error.
+PRIOR_SPREAD = 3.0  # dimensionless
 # Parameters in the order more runs unlock them: (minimum successful runs, name).
 STEP_PARAMETERS = ((1, "gemm"), (3, "link_latency_s"), (4, "pp_bubble_hidden"), (6, "intra_node_bandwidth"),
                    (7, "dp_overlap"), (9, "attention_ratio"), (11, "ridge_factor"))
@@ -111,13 +114,17 @@ def calibrate(runs: Sequence[RunRecord], profile: HardwareProfile, start: Effici
     upper = np.array([BOUNDS[n][1] for n in names])
     x0 = np.clip([_get(profile, start, n) for n in names], lower, upper)
 
+    prior = x0.copy()
+
     def residuals(x: np.ndarray) -> np.ndarray:
         values = dict(zip(names, map(float, x)))
-        return np.log(_costs(ok, _with_latency(profile, values), _with(start, values))[0] / measured_step)
+        fit = np.log(_costs(ok, _with_latency(profile, values), _with(start, values))[0] / measured_step)
+        # a weak pull towards the profile's values keeps factors the few runs cannot inform where they were
+        return np.concatenate([fit, (x - prior) / (PRIOR_SPREAD * np.maximum(np.abs(prior), upper / 4))])
 
     before_step, before_peak, states, acts = _costs(ok, profile, start)
     sol = least_squares(residuals, x0, bounds=(lower, upper), diff_step=1e-3, x_scale="jac")
-    stderr = _stderr(sol.jac, sol.fun, len(names))
+    stderr = _stderr(sol.jac, sol.fun, len(names))  # the prior rows count as observations of the factors
     fitted = [Fitted(n, float(v), float(e)) for n, v, e in zip(names, sol.x, stderr)]
 
     # memory: measured ≈ a·states + b·acts of the unscaled model (divide the starting scales back out)
