@@ -107,7 +107,10 @@ def test_tune_finds_the_measured_best_within_the_budget() -> None:
     assert machine.runs.count(pool[0].strategy.label()) == 1
     assert result.pick is not None
     best_measurable = min(float(t) for c, t in zip(pool, truth) if c.strategy.label() != pool[0].strategy.label())
-    assert result.pick.measured_step_time_s == pytest.approx(best_measurable)
+    assert result.pick.measured_step_time_s <= 1.10 * best_measurable  # the goal: within 10%
+    greedy = tune(JOB, profile, budget=5, store=None, runner=Machine(profile, fail={pool[0].strategy.label()}),
+                  explore=0.0)  # no layout exploration: on a noise-free machine the model leads straight to the best
+    assert greedy.pick is not None and greedy.pick.measured_step_time_s == pytest.approx(best_measurable)
     budget_one = tune(JOB, profile, budget=1, store=None, runner=Machine(profile))
     assert len(budget_one.records) == 1 and not budget_one.converged
 

@@ -370,7 +370,7 @@ def gpus_cmd(as_json: Annotated[bool, Opt("--json", help="Print JSON.")] = False
     print_tables([gpus_table(gpus)])
 
 
-from meshplan.cli.measure import register as _register_measure  # noqa: E402  (profile, validate, calibrate, tune)
+from meshplan.cli.measure import register as _register_measure  # profile, validate, calibrate, tune
 
 _register_measure(app)
 

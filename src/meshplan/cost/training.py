@@ -354,7 +354,8 @@ def training_cost(model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkloa
             "gemm_efficiency": f"{gemm_eff:.3f}{eff_source}",
             "attention_efficiency": f"{eff.attention_ratio:.2f} x GEMM efficiency ({'fused' if workload.flash_attention else 'unfused'}), {eff.source}",
             "bandwidth_efficiency": f"NVLink {eff.intra_node_bandwidth:.2f}, network {eff.inter_node_bandwidth:.2f} of link rate (nccl-tests bus bandwidth, not fitted)"
-            if eff.layer != "measured profile" else "1.00: the profile's links are achieved α-β fits (meshplan profile)",
+            if eff.layer != "measured profile" else
+            f"{eff.intra_node_bandwidth:.2f} of the profile's achieved α-β bandwidth ({eff.source})",
             "links": "cluster spec (datasheet defaults unless overridden)" if eff.layer != "measured profile"
             else f"measured profile: {gpu.sources.get('links', 'collective microbenchmarks')}",
             "memory": "Korthikanti et al. 2022 activations; 2+4+12 B/param model states by ZeRO stage"

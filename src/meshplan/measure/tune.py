@@ -10,9 +10,12 @@ not tried again.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from meshplan.cost.efficiency import Efficiency
 from meshplan.errors import PlanError
@@ -38,10 +41,13 @@ class TuneResult:
 
 def tune(job: LocalJob, profile: HardwareProfile, *, budget: int, store: Store | None,
          runner: Runner = torchrun_runner, on_round: Callable[[str], None] | None = None,
-         margin: float = 0.2) -> TuneResult:
+         margin: float = 0.2, explore: float = 1.0) -> TuneResult:
     """Tune within `budget` real runs. The predicted winner counts as confirmed when it is the fastest measured
     strategy and every candidate predicted within `margin` (relative) of it has been measured too: closer than
-    that, the calibrated model cannot tell them apart (its errors are of that size)."""
+    that, the calibrated model cannot tell them apart (its errors are of that size). Which one runs next: among the
+    unmeasured candidates predicted within `explore` / √(runs + 1) of the winner, one of the layout (dp, tp, pp)
+    measured least so far, the best predicted first — early runs spread over layouts, since a model fitted to one
+    layout extrapolates poorly to the others."""
     if budget < 1:
         raise PlanError(f"--budget {budget} must allow at least one run")
     eff = profile_efficiency(profile)
@@ -67,7 +73,7 @@ def tune(job: LocalJob, profile: HardwareProfile, *, budget: int, store: Store |
         if len(records) >= budget:
             rounds.append(f"budget of {budget} runs spent")
             break
-        todo = next((i for i in ranked if pool[i].strategy.label() not in done), None)
+        todo = _next_run(pool, ranked, step, done, explore)
         if todo is None:
             rounds.append("every candidate measured")
             break
@@ -88,3 +94,23 @@ def tune(job: LocalJob, profile: HardwareProfile, *, budget: int, store: Store |
     ok = [r for r in records if r.status == "ok"]
     pick = min(ok, key=lambda r: r.measured_step_time_s or 0.0) if ok else None
     return TuneResult(pick, records, converged, eff, rounds)
+
+
+def _next_run(pool: list[Candidate], ranked: list[int], step: np.ndarray, done: dict[str, RunRecord],
+              explore: float) -> int | None:
+    """Index of the next candidate to run (None when every one has been measured)."""
+    left = [i for i in ranked if pool[i].strategy.label() not in done]
+    if not left:
+        return None
+    width = explore / math.sqrt(len(done) + 1)
+    near = [i for i in left if step[i] <= (1.0 + width) * step[ranked[0]]] or left[:1]
+    runs_per_layout: dict[tuple[int, int, int], int] = {}
+    for r in done.values():
+        key = (r.strategy.dp, r.strategy.tp, r.strategy.pp)
+        runs_per_layout[key] = runs_per_layout.get(key, 0) + 1
+
+    def layout_runs(i: int) -> int:
+        s = pool[i].strategy
+        return runs_per_layout.get((s.dp, s.tp, s.pp), 0)
+
+    return min(near, key=lambda i: (layout_runs(i), float(step[i])))
