@@ -133,9 +133,18 @@ def fit_flops_curve(points: list[GemmPoint]) -> FlopsCurve:
         peak, half = float(max(p.flops_per_s for p in points)), 0.0
     else:
         peak, half = 1.0 / coef[0], coef[1] / coef[0]
-    fitted = np.array([peak * p.intensity / (p.intensity + half) for p in points])
-    rms = float(np.sqrt(np.mean((fitted * inv_f - 1.0) ** 2)))
+    rms = _curve_rms(points, peak, half)
+    flat = float(np.median([p.flops_per_s for p in points]))
+    if rms > _curve_rms(points, flat, 0.0):
+        # no roofline shape in the data (rates that do not rise with intensity, e.g. bf16 emulated on a CPU):
+        # a flat rate, the median, describes them better than an extrapolated peak
+        peak, half, rms = flat, 0.0, _curve_rms(points, flat, 0.0)
     return FlopsCurve(peak_flops_per_s=peak, half_intensity=half, rms_relative_error=rms)
+
+
+def _curve_rms(points: list[GemmPoint], peak: float, half: float) -> float:
+    fitted = np.array([peak * p.intensity / (p.intensity + half) for p in points])
+    return float(np.sqrt(np.mean((fitted / np.array([p.flops_per_s for p in points]) - 1.0) ** 2)))
 
 
 def _alpha_beta_features(point: CollectivePoint) -> tuple[float, float]:
