@@ -24,8 +24,11 @@ class JobRequest(Frozen):
 
     model: str
     """Preset name or path to a Hugging Face config.json."""
-    gpu: str
-    """GPU catalog name or alias."""
+    gpu: str | None = None
+    """GPU catalog name or alias; may be left out when `hardware` is given."""
+    hardware: str | None = None
+    """Path of a measured hardware profile (`meshplan profile --out`): the devices and their achieved speeds come
+    from it instead of the catalog's datasheet, and its (calibrated) factors replace the fitted efficiency."""
     global_batch: int = Field(gt=0)
     """Sequences per optimizer step."""
     seq_len: int = Field(gt=0)
@@ -49,13 +52,25 @@ class JobRequest(Frozen):
         """The model, a cluster of `num_gpus` and the workload; bad combinations raise `PlanError`."""
         try:
             model = load_model(self.model)
-            gpu = load_gpu(self.gpu)
-            cluster = make_cluster(
-                gpu, num_gpus, gpus_per_node=self.gpus_per_node,
-                intra_node_bytes_per_s=self.intra_node_gbps * 1e9 if self.intra_node_gbps else None,
-                inter_node_bytes_per_s=self.inter_node_gbps * 1e9 if self.inter_node_gbps else None,
-                allow_cross_node_tp=self.allow_cross_node_tp,
-            )
+            if self.hardware is not None:
+                given = [flag for flag, v in (("--gpu", self.gpu), ("--gpus-per-node", self.gpus_per_node),
+                                              ("--intra-node-gbps", self.intra_node_gbps),
+                                              ("--inter-node-gbps", self.inter_node_gbps)) if v is not None]
+                if given:
+                    raise PlanError(f"{', '.join(given)} and --hardware both describe the devices; the profile "
+                                    f"measured them: drop {', '.join(given)}")
+                cluster = self._profiled_cluster(num_gpus)
+                gpu = cluster.gpu
+            elif self.gpu is None:
+                raise PlanError("missing --gpu: name a GPU (see `meshplan gpus`) or pass --hardware hw.json")
+            else:
+                gpu = load_gpu(self.gpu)
+                cluster = make_cluster(
+                    gpu, num_gpus, gpus_per_node=self.gpus_per_node,
+                    intra_node_bytes_per_s=self.intra_node_gbps * 1e9 if self.intra_node_gbps else None,
+                    inter_node_bytes_per_s=self.inter_node_gbps * 1e9 if self.inter_node_gbps else None,
+                    allow_cross_node_tp=self.allow_cross_node_tp,
+                )
         except ValidationError as exc:  # a spec's own validator refused a combination of values
             cause = exc.errors()[0].get("ctx", {}).get("error")
             raise PlanError(str(cause) if isinstance(cause, PlanError) else _one_line(exc)) from None
@@ -63,6 +78,22 @@ class JobRequest(Frozen):
         workload = TrainWorkload(global_batch=self.global_batch, seq_len=self.seq_len, precision=self.precision,
                                  flash_attention=self.flash_attention, tp_comm_overlap=self.tp_comm_overlap)
         return model, cluster, workload
+
+    def _profiled_cluster(self, num_gpus: int) -> ClusterSpec:
+        from meshplan.measure.hardware import load_profile, local_cluster
+
+        assert self.hardware is not None
+        profile = load_profile(self.hardware)
+        cluster = local_cluster(profile, num_gpus)
+        return cluster.model_copy(update={"allow_cross_node_tp": self.allow_cross_node_tp})
+
+    def efficiency(self) -> Efficiency:
+        """The factors to price with: the hardware profile's (measured, or calibrated), else the fitted defaults."""
+        if self.hardware is None:
+            return default_efficiency()
+        from meshplan.measure.hardware import load_profile, profile_efficiency
+
+        return profile_efficiency(load_profile(self.hardware))
 
 
 class EstimateRequest(JobRequest):
@@ -190,5 +221,5 @@ def estimate(request: EstimateRequest | dict[str, Any] | None = None, *, efficie
         raise PlanError("pass either an EstimateRequest or keyword fields, not both")
     model, cluster, workload, strategy = resolve(request)
     table = StrategyTable.from_strategies([strategy])
-    cost = training_cost(model, cluster, workload, table, efficiency or default_efficiency())
+    cost = training_cost(model, cluster, workload, table, efficiency or request.efficiency())
     return estimate_from_cost(cost, 0, model, cluster, workload, table)

@@ -9,7 +9,6 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 
 from meshplan import __version__
-from meshplan.cost.efficiency import default_efficiency
 from meshplan.errors import PlanError
 from meshplan.estimator import JobRequest, estimate_from_cost
 from meshplan.plan import Plan
@@ -88,7 +87,7 @@ def search_requests(req: PlanRequest) -> list[SearchRequest]:
         model, cluster, workload = req.specs(n)
         out.append(SearchRequest(model=model, cluster=cluster, workload=workload, constraints=req.constraints,
                                  objective=objective, memory_headroom=req.memory_headroom, top_k=req.top_k,
-                                 efficiency=default_efficiency()))
+                                 efficiency=req.efficiency()))
     return out
 
 

@@ -32,6 +32,7 @@ PrecisionOpt = Annotated[str, Opt(help="bf16, fp16 or fp8.")]
 FlashOpt = Annotated[bool, Opt(help="Fused attention kernels (no stored score matrix).")]
 OverlapOpt = Annotated[bool, Opt(help="TP collectives overlapped with GEMMs (Megatron-Core/TE).")]
 CrossNodeTpOpt = Annotated[bool, Opt("--allow-cross-node-tp", help="Let tensor parallelism span nodes.")]
+HardwareOpt = Annotated[Optional[str], Opt(help="A measured hardware profile (meshplan profile --out) instead of --gpu.")]
 
 
 def _fail(message: str) -> None:
@@ -94,6 +95,7 @@ def estimate_cmd(
     sequence_parallel: Annotated[Optional[bool], Opt("--sequence-parallel/--no-sequence-parallel",
                                                      help="(default: on when tp > 1)")] = None,
     schedule: Annotated[Optional[str], Opt(help="1f1b, interleaved or gpipe (default: interleaved if vpp > 1).")] = None,
+    hardware: HardwareOpt = None,
     batch: Annotated[Optional[Path], Opt(help="JSONL file: one request per line, one JSON result per line.")] = None,
     plan: Annotated[Optional[Path], Opt(help="A plan.json written by `meshplan plan --out`: price it again.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
@@ -112,7 +114,7 @@ def estimate_cmd(
     if batch is not None:
         _run_batch(batch, _estimate_line)
         return
-    missing = [flag for flag, v in [("--model", model), ("--gpu", gpu), ("--num-gpus", num_gpus),
+    missing = [flag for flag, v in [("--model", model), ("--gpu", gpu or hardware), ("--num-gpus", num_gpus),
                                     ("--global-batch", global_batch), ("--seq-len", seq_len)] if v is None]
     if missing:
         _fail(f"missing {', '.join(missing)}; `meshplan estimate --help` shows every option")
@@ -122,7 +124,7 @@ def estimate_cmd(
                   gpus_per_node=gpus_per_node, intra_node_gbps=intra_node_gbps, inter_node_gbps=inter_node_gbps,
                   precision=precision, flash_attention=flash_attention, tp_comm_overlap=tp_comm_overlap, allow_cross_node_tp=allow_cross_node_tp, tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, vpp=vpp,
                   micro_batch=micro_batch, zero=zero, recompute=recompute, sequence_parallel=sequence_parallel,
-                  schedule=schedule)
+                  schedule=schedule, hardware=hardware)
     try:
         result = estimate(parse_request(fields))
     except PlanError as exc:
@@ -183,9 +185,10 @@ def plan_cmd(
     search: Annotated[str, Opt(help="exhaustive (uniform plans), or non-uniform stages and per-layer "
                                     "recomputation: dp, genetic, policy-gradient, all.")] = "exhaustive",
     cross_group_gbps: Annotated[Optional[float], Opt(help="Link between device groups of --gpu A:n,B:m, GB/s per GPU.")] = None,
+    hardware: HardwareOpt = None,
 ) -> None:
     """Search every parallel strategy and rank those that fit."""
-    missing = [flag for flag, v in [("--model", model), ("--gpu", gpu), ("--num-gpus", num_gpus),
+    missing = [flag for flag, v in [("--model", model), ("--gpu", gpu or hardware), ("--num-gpus", num_gpus),
                                     ("--global-batch", global_batch), ("--seq-len", seq_len)] if v is None]
     if missing:
         _fail(f"missing {', '.join(missing)}; `meshplan plan --help` shows every option")
@@ -208,7 +211,7 @@ def plan_cmd(
             constraints={k: v for k, v in constraints.items() if v is not None}, objective=objective,
             target_tokens_per_s=target_tokens_per_s, memory_headroom=memory_headroom, top_k=top_k,
             train_tokens=parse_count(train_tokens, "--train-tokens") if train_tokens else None,
-            gpu_hour_price=gpu_hour_price))
+            gpu_hour_price=gpu_hour_price, hardware=hardware))
         if search != "exhaustive" or ":" in str(gpu):
             from meshplan.cli.nonuniform import plan_nonuniform
 
@@ -397,6 +400,10 @@ app.command("shard")(shard_cmd)
 from meshplan.cli.serve import serve_cmd  # noqa: E402
 
 app.command("serve")(serve_cmd)
+
+from meshplan.cli.measure import register as _register_measure  # profile, validate, calibrate, tune
+
+_register_measure(app)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib import resources
+from typing import Literal
 
 from pydantic import Field
 
@@ -49,6 +50,22 @@ class Efficiency(Frozen):
     """Architecture whose `gemm` factor stands in for one with no measured runs."""
     source: str = "defaults"
     """Where these numbers come from (the fit that produced them, or 'defaults')."""
+    layer: Literal["datasheet", "fitted efficiency", "measured profile"] = "fitted efficiency"
+    """The layer of hardware knowledge these factors belong to: datasheet peaks with default factors, factors
+    fitted to measured runs, or a measured hardware profile (`meshplan profile`, GPU spec built from it)."""
+    pp_bubble_hidden: float = Field(default=0.0, ge=0, le=1)
+    """Fraction of the pipeline bubble that costs nothing: 0 on GPUs (an idle stage idles its device); on processes
+    sharing too few CPU cores the idle stages' cores serve the busy ones. Set by a hardware profile, calibrated."""
+    dp_overlap: float = Field(default=1.0, ge=0, le=1)
+    """Fraction of the compute window that hides data-parallel communication (1: separate NCCL streams; 0: gloo
+    on the cores that compute)."""
+    memory_state_scale: float = Field(default=1.0, gt=0)
+    """Measured / modelled bytes of weights, gradients and optimizer states (1 for the 2+4+12 B/param mixed-precision
+    layout; 16/18 for float32 training: 4+4+8 B/param). Set by a hardware profile, refined by calibration."""
+    memory_activation_scale: float = Field(default=1.0, gt=0)
+    """Measured / modelled activation and logit bytes (2 for float32 activations against the model's 2 B)."""
+    memory_overhead_bytes: float | None = Field(default=None, ge=0)
+    """Fixed bytes per device in place of the CUDA-context allowance (0 where memory is measured tensor by tensor)."""
 
     def gemm_for(self, gpu: GpuSpec) -> tuple[float, str]:
         """The GEMM factor for `gpu` and where it comes from."""

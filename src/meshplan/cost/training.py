@@ -35,6 +35,7 @@ from meshplan.cost.memory import (
 )
 from meshplan.cost.stages import stage_layers
 from meshplan.specs.cluster import ClusterSpec
+from meshplan.specs.gpu import GpuSpec
 from meshplan.specs.model import ModelSpec
 from meshplan.specs.workload import TrainWorkload
 from meshplan.strategy import StrategyTable
@@ -300,7 +301,7 @@ def training_cost(model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkloa
     crit_recompute = crit_layers * per_layer["recompute"]
 
     # --- pipeline ----------------------------------------------------------------------------------------
-    bubble = (t.pp - 1) / t.vpp * mean
+    bubble = (1.0 - eff.pp_bubble_hidden) * (t.pp - 1) / t.vpp * mean
     p2p_bytes = act_bytes / t.tp
     pp_cross = t.tp * t.cp * t.dp >= cluster.gpus_per_node
     p2p = np.where(t.pp > 1, 2.0 * (m * t.vpp + t.pp - 1) * p2p_time(p2p_bytes, pp_cross, ctx.links), 0.0)
@@ -316,8 +317,9 @@ def training_cost(model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkloa
         return op(bytes_per_param * dense_p, dp_n, dp_stride, ctx.links) + op(bytes_per_param * expert_p, ex_n, ex_stride, ctx.links)
 
     compute_mb = crit_compute + crit_recompute
-    bwd_window = (2.0 / 3.0) * crit_compute  # the last micro-batch's backward hides the gradient sync
-    fwd_window = crit_compute / 3.0  # the first micro-batch's forward hides the parameter gather
+    # the last micro-batch's backward hides the gradient sync, the first one's forward the parameter gather
+    bwd_window = eff.dp_overlap * (2.0 / 3.0) * crit_compute
+    fwd_window = eff.dp_overlap * crit_compute / 3.0
     grad_ar = sync(all_reduce_time, GRAD_BYTES)
     grad_rs = sync(reduce_scatter_time, GRAD_BYTES)
     param_ag = sync(all_gather_time, WEIGHT_BYTES)
@@ -337,7 +339,7 @@ def training_cost(model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkloa
         [np.maximum(grad_ar - bwd_window, 0.0),
          exposed_rs + np.maximum(param_ag - fwd_window, 0.0),
          m * exposed_rs + np.maximum(param_ag - fwd_window, 0.0)],
-        m * (np.maximum(zero3_mb - compute_mb, 0.0) + zero3_mb / units),
+        m * (np.maximum(zero3_mb - eff.dp_overlap * compute_mb, 0.0) + zero3_mb / units),
     )
     dp_comm = np.where(dp_n > 1, dp_comm, 0.0)
 
@@ -367,7 +369,7 @@ def training_cost(model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkloa
     selective_flops = model.num_layers * F.attention_core_flops_per_token(model, workload.seq_len, False) * tokens_per_step
     hw_flops = model_flops * (1.0 + recompute_share) + np.where(t.recompute == SELECTIVE, selective_flops, 0.0)
     num_gpus = float(cluster.num_gpus)
-    memory = memory_breakdown(model, workload, t)
+    memory = _scaled_memory(memory_breakdown(model, workload, t), eff)
     peak_mem = memory.total
     return TrainingCost(
         step_time_s=step,
@@ -381,11 +383,34 @@ def training_cost(model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkloa
         peak_memory_bytes=peak_mem,
         fits=peak_mem <= gpu.hbm_bytes,
         provenance={
-            "peak_flops": f"datasheet: {gpu.name} {workload.precision} {peak_precision / 1e12:,.0f} TFLOP/s (meshplan gpus --json)",
+            "knowledge_layer": eff.layer,
+            "peak_flops": _peak_provenance(gpu, workload.precision, peak_precision, eff),
             "gemm_efficiency": f"{gemm_eff:.3f}{eff_source}",
             "attention_efficiency": f"{eff.attention_ratio:.2f} x GEMM efficiency ({'fused' if workload.flash_attention else 'unfused'}), {eff.source}",
-            "bandwidth_efficiency": f"NVLink {eff.intra_node_bandwidth:.2f}, network {eff.inter_node_bandwidth:.2f} of link rate (nccl-tests bus bandwidth, not fitted)",
-            "links": "cluster spec (datasheet defaults unless overridden)",
-            "memory": "Korthikanti et al. 2022 activations; 2+4+12 B/param model states by ZeRO stage",
+            "bandwidth_efficiency": f"NVLink {eff.intra_node_bandwidth:.2f}, network {eff.inter_node_bandwidth:.2f} of link rate (nccl-tests bus bandwidth, not fitted)"
+            if eff.layer != "measured profile" else
+            f"{eff.intra_node_bandwidth:.2f} of the profile's achieved α-β bandwidth ({eff.source})",
+            "links": "cluster spec (datasheet defaults unless overridden)" if eff.layer != "measured profile"
+            else f"measured profile: {gpu.sources.get('links', 'collective microbenchmarks')}",
+            "memory": "Korthikanti et al. 2022 activations; 2+4+12 B/param model states by ZeRO stage"
+            + ("" if eff.memory_state_scale == 1.0 and eff.memory_activation_scale == 1.0 else
+               f"; x{eff.memory_state_scale:.3g} states, x{eff.memory_activation_scale:.3g} activations ({eff.source})"),
         },
     )
+
+
+def _peak_provenance(gpu: GpuSpec, precision: str, peak: float, eff: Efficiency) -> str:
+    if eff.layer == "measured profile":
+        return f"measured profile: {gpu.name} {peak / 1e9:,.1f} GFLOP/s achieved per device ({gpu.sources.get('peak_flops', '')})"
+    return f"datasheet: {gpu.name} {precision} {peak / 1e12:,.0f} TFLOP/s (meshplan gpus --json)"
+
+
+def _scaled_memory(memory: MemoryBreakdown, eff: Efficiency) -> MemoryBreakdown:
+    """The memory breakdown in the bytes the executor really keeps (a hardware profile's layer; identity otherwise)."""
+    if eff.memory_state_scale == 1.0 and eff.memory_activation_scale == 1.0 and eff.memory_overhead_bytes is None:
+        return memory
+    states, acts = eff.memory_state_scale, eff.memory_activation_scale
+    overhead = memory.overhead if eff.memory_overhead_bytes is None else np.full_like(memory.overhead, eff.memory_overhead_bytes)
+    return MemoryBreakdown(weights=memory.weights * states, gradients=memory.gradients * states,
+                           optimizer=memory.optimizer * states, activations=memory.activations * acts,
+                           logits=memory.logits * acts, buffers=memory.buffers * states, overhead=overhead)

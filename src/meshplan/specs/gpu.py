@@ -10,7 +10,8 @@ from meshplan.errors import PlanError
 from meshplan.specs.base import Frozen
 
 Dtype = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "fp4"]
-Architecture = Literal["volta", "ampere", "ada", "hopper", "blackwell", "cdna3"]
+Architecture = Literal["volta", "ampere", "ada", "hopper", "blackwell", "cdna3", "cpu"]
+"""`cpu`: the processes of one host, described by a measured hardware profile (`meshplan profile`)."""
 
 
 class GpuSpec(Frozen):
@@ -20,7 +21,7 @@ class GpuSpec(Frozen):
     """Canonical catalog name, e.g. `H100-SXM`."""
     aliases: tuple[str, ...] = ()
     """Other names accepted on the command line, e.g. `H100`."""
-    vendor: Literal["nvidia", "amd"]
+    vendor: Literal["nvidia", "amd", "other"]
     """Maker."""
     architecture: Architecture
     """GPU generation; fitted efficiency factors are kept per generation."""

@@ -1,0 +1,171 @@
+"""`meshplan calibrate`: fit the cost model's factors to the stored measurements of one hardware profile.
+
+Step time: least squares on log(predicted / measured) (scipy's trust-region reflective solver, bounded), so a
+10% miss weighs the same on a fast and a slow strategy. The parameters are factors of `Efficiency`, as many as
+the runs can inform: the GEMM factor (achieved / profiled FLOP/s in training), then the link bandwidth factor,
+then the attention-kernel ratio and the ridge factor (how fast small GEMMs fall off). Peak memory: linear least
+squares on relative error of measured = a·(weights + gradients + optimizer states) + b·(activations + logits),
+the cost model's own terms. One standard error per parameter from the Jacobian (cov = s²·(JᵀJ)⁻¹).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from meshplan.cost.efficiency import Efficiency
+from meshplan.cost.training import training_cost
+from meshplan.errors import PlanError
+from meshplan.measure.hardware import HardwareProfile, local_cluster, profile_efficiency
+from meshplan.measure.store import RunRecord
+from meshplan.specs import TrainWorkload
+from meshplan.strategy import StrategyTable
+
+# (lower, upper) of each fitted factor: physical ranges, not tuning knobs. The GEMM factor may exceed 1: the
+# profile measures a process's share while all compute at once, and pipeline bubbles leave some ranks more.
+# The link latency (s) is refitted too: in training a collective also waits for its peers to be scheduled, which
+# an idle microbenchmark does not see on shared cores.
+BOUNDS = {"gemm": (0.05, 3.0), "link_latency_s": (0.0, 0.05), "pp_bubble_hidden": (0.0, 1.0),
+          "intra_node_bandwidth": (0.02, 1.0), "dp_overlap": (0.0, 1.0), "attention_ratio": (0.05, 1.0),
+          "ridge_factor": (0.0, 4.0)}
+# Weak prior: a factor moves freely within ~PRIOR_SPREAD x its profiled value (or a quarter of its range when that
+# value is 0) before the pull back costs as much as a 100% step-time error.
+PRIOR_SPREAD = 3.0  # dimensionless
+# Parameters in the order more runs unlock them: (minimum successful runs, name).
+STEP_PARAMETERS = ((1, "gemm"), (3, "link_latency_s"), (4, "pp_bubble_hidden"), (6, "intra_node_bandwidth"),
+                   (7, "dp_overlap"), (9, "attention_ratio"), (11, "ridge_factor"))
+
+
+@dataclass(frozen=True)
+class Fitted:
+    name: str
+    value: float
+    stderr: float
+
+
+@dataclass(frozen=True)
+class Calibration:
+    profile: HardwareProfile
+    """The profile with the fitted factors and link latency (write it with `write_profile`)."""
+    efficiency: Efficiency
+    fitted: list[Fitted]
+    step_error_before: np.ndarray
+    """Relative error (predicted / measured - 1) per run with the starting factors."""
+    step_error_after: np.ndarray
+    memory_error_before: np.ndarray
+    memory_error_after: np.ndarray
+    num_runs: int
+
+
+def _with_latency(profile: HardwareProfile, values: dict[str, float]) -> HardwareProfile:
+    if "link_latency_s" not in values:
+        return profile
+    links = {k: v.model_copy(update={"latency_s": values["link_latency_s"]}) for k, v in profile.links.items()}
+    return profile.model_copy(update={"links": links})
+
+
+def _with(eff: Efficiency, values: dict[str, float]) -> Efficiency:
+    update: dict[str, object] = {k: v for k, v in values.items() if k not in ("gemm", "link_latency_s")}
+    if "gemm" in values:
+        update["gemm"] = {**eff.gemm, eff.fallback_architecture: values["gemm"]}
+    return eff.model_copy(update=update)
+
+
+def _get(profile: HardwareProfile, eff: Efficiency, name: str) -> float:
+    if name == "link_latency_s":
+        return profile.links["intra_node"].latency_s
+    return eff.gemm[eff.fallback_architecture] if name == "gemm" else float(getattr(eff, name))
+
+
+def _costs(runs: Sequence[RunRecord], profile: HardwareProfile, eff: Efficiency) -> tuple[np.ndarray, np.ndarray,
+                                                                                           np.ndarray, np.ndarray]:
+    """(step s, peak bytes, model-state bytes, activation bytes) of each run; runs are grouped by job."""
+    step, peak, states, acts = (np.empty(len(runs)) for _ in range(4))
+    groups: dict[tuple[str, int, int, int], list[int]] = {}
+    for i, r in enumerate(runs):
+        groups.setdefault((r.model.model_dump_json(), r.num_processes, r.global_batch, r.seq_len), []).append(i)
+    for idx in groups.values():
+        r0 = runs[idx[0]]
+        table = StrategyTable.from_strategies([runs[i].strategy for i in idx])
+        cost = training_cost(r0.model, local_cluster(profile, r0.num_processes),
+                             TrainWorkload(global_batch=r0.global_batch, seq_len=r0.seq_len), table, eff)
+        m = cost.memory
+        step[idx], peak[idx] = cost.step_time_s, cost.peak_memory_bytes
+        states[idx] = m.weights + m.gradients + m.optimizer + m.buffers
+        acts[idx] = m.activations + m.logits
+    return step, peak, states, acts
+
+
+def calibrate(runs: Sequence[RunRecord], profile: HardwareProfile, start: Efficiency | None = None) -> Calibration:
+    """Fit the factors the successful runs can inform; the rest keep their starting values."""
+    ok = [r for r in runs if r.status == "ok"]
+    if not ok:
+        raise PlanError("no successful measured runs to calibrate with; run `meshplan validate` first "
+                        "(with the same --hardware and --db)")
+    start = start or profile_efficiency(profile)
+    measured_step = np.array([r.measured_step_time_s for r in ok], dtype=float)
+    measured_mem = np.array([r.measured_peak_memory_bytes for r in ok], dtype=float)
+    names = [name for need, name in STEP_PARAMETERS if len(ok) >= need]
+    lower = np.array([BOUNDS[n][0] for n in names])
+    upper = np.array([BOUNDS[n][1] for n in names])
+    x0 = np.clip([_get(profile, start, n) for n in names], lower, upper)
+
+    prior = x0.copy()
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        values = dict(zip(names, map(float, x)))
+        fit = np.log(_costs(ok, _with_latency(profile, values), _with(start, values))[0] / measured_step)
+        # a weak pull towards the profile's values keeps factors the few runs cannot inform where they were
+        return np.concatenate([fit, (x - prior) / (PRIOR_SPREAD * np.maximum(np.abs(prior), upper / 4))])
+
+    before_step, before_peak, states, acts = _costs(ok, profile, start)
+    sol = least_squares(residuals, x0, bounds=(lower, upper), diff_step=1e-3, x_scale="jac")
+    stderr = _stderr(sol.jac, sol.fun, len(names))  # the prior rows count as observations of the factors
+    fitted = [Fitted(n, float(v), float(e)) for n, v, e in zip(names, sol.x, stderr)]
+
+    # memory: measured ≈ a·states + b·acts of the unscaled model (divide the starting scales back out)
+    base_states = states / start.memory_state_scale
+    base_acts = acts / start.memory_activation_scale
+    design = np.stack([base_states, base_acts], axis=1) / measured_mem[:, None]
+    if len(ok) >= 2 and np.linalg.matrix_rank(design) == 2:
+        coef, *_ = np.linalg.lstsq(design, np.ones(len(ok)), rcond=None)
+        coef = np.clip(coef, 1e-3, None)
+        mem_err = _stderr(design, design @ coef - 1.0, 2)
+        fitted += [Fitted("memory_state_scale", float(coef[0]), float(mem_err[0])),
+                   Fitted("memory_activation_scale", float(coef[1]), float(mem_err[1]))]
+        memory_update = {"memory_state_scale": float(coef[0]), "memory_activation_scale": float(coef[1])}
+    else:
+        memory_update = {}
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    values = {f.name: f.value for f in fitted if f.name in names}
+    eff = _with(start, values)
+    eff = eff.model_copy(update={**memory_update, "source": f"calibrated to {len(ok)} local runs, {when}"})
+    fitted_profile = _with_latency(profile, values)
+    after_step, after_peak, _, _ = _costs(ok, fitted_profile, eff)
+    result = Calibration(fitted_profile, eff, fitted, before_step / measured_step - 1.0,
+                         after_step / measured_step - 1.0, before_peak / measured_mem - 1.0,
+                         after_peak / measured_mem - 1.0, len(ok))
+    return replace(result, profile=calibrated_profile(fitted_profile, result))
+
+
+def _stderr(jac: np.ndarray, resid: np.ndarray, num_params: int) -> np.ndarray:
+    dof = max(len(resid) - num_params, 1)
+    s2 = float(resid @ resid) / dof
+    cov = np.linalg.pinv(jac.T @ jac) * s2
+    return np.sqrt(np.clip(np.diag(cov), 0.0, None))
+
+
+def calibrated_profile(profile: HardwareProfile, result: Calibration) -> HardwareProfile:
+    """The profile with the fitted factors (the planner uses them whenever this profile is given)."""
+    return profile.model_copy(update={"efficiency": result.efficiency, "calibration": {
+        "runs": result.num_runs,
+        "fitted": {f.name: {"value": f.value, "stderr": f.stderr} for f in result.fitted},
+        "median_abs_step_error_before": float(np.median(np.abs(result.step_error_before))),
+        "median_abs_step_error_after": float(np.median(np.abs(result.step_error_after))),
+        "max_abs_memory_error_before": float(np.max(np.abs(result.memory_error_before))),
+        "max_abs_memory_error_after": float(np.max(np.abs(result.memory_error_after))),
+    }})
