@@ -39,7 +39,7 @@ def plan_nonuniform(request: PlanRequest, search: str, out: Path | None, as_json
     if request.objective != "throughput":
         raise PlanError(f"--search {search} maximises throughput; drop --objective {request.objective}")
     algorithms = list(ALGORITHMS) if search == "all" else [search]
-    hetero = ":" in request.gpu
+    hetero = request.gpu is not None and ":" in request.gpu  # a --hardware profile describes one device type
     rows: list[dict[str, Any]] = []
     best_overall: tuple[NonUniformPlan, Any] | None = None
     uniform: NonUniformPlan | None = None
@@ -91,7 +91,8 @@ def plan_nonuniform(request: PlanRequest, search: str, out: Path | None, as_json
 
 def _print(request: PlanRequest, rows: list[dict[str, Any]], uniform: NonUniformPlan | None) -> None:
     console = Console() if sys.stdout.isatty() else Console(width=160)
-    title = (f"{request.model} on {request.num_gpus[0]} x {request.gpu}, global batch {request.global_batch} x "
+    devices = request.gpu or f"devices of {request.hardware}"
+    title = (f"{request.model} on {request.num_gpus[0]} x {devices}, global batch {request.global_batch} x "
              f"{request.seq_len}: non-uniform plans")
     table = Table(title=title, title_justify="left")
     for name, justify in (("search", "left"), ("evals", "right"), ("time", "right"), ("strategy", "left"),
