@@ -44,6 +44,31 @@ def test_closed_loop_simulation_agrees_with_steady_state() -> None:
     assert sim.output_tokens_per_s == pytest.approx(float(fig.output_tokens_per_s[0]), rel=0.1)
 
 
+def test_closed_loop_ttft_agrees_with_steady_state() -> None:
+    # Two algorithms for one benchmark run: clients send their first requests together and, with fixed lengths,
+    # prompts that share an iteration restart together (groups of up to chunk / isl = 16 here). The simulation
+    # plays it out request by request; steady.py prices it in closed form. Mean TTFT agrees within 20%.
+    for w in (ServeWorkload(isl=512, osl=256, concurrency=16, num_requests=400),
+              ServeWorkload(isl=2048, osl=128, concurrency=32, num_requests=320)):
+        dep, t, cap, it = _setup(w)
+        fig = steady_state(it, w, cap.max_sequences(w.isl + w.osl / 2.0), t.max_batch, t.chunk_tokens, t.replicas)
+        sim = simulate(it, w, kv_tokens=float(cap.kv_tokens[0]), max_batch=dep.max_batch,
+                       chunk_tokens=dep.chunk_tokens, replicas=1, num_requests=w.num_requests)
+        assert float(np.mean(sim.ttft_s)) == pytest.approx(float(fig.ttft_s[0]), rel=0.2)
+
+
+def test_first_wave_weighs_less_in_longer_runs() -> None:
+    # The synchronised first wave queues (B - group) / 2 prefills on average; its weight is concurrency / requests,
+    # so a run of one wave has a longer mean TTFT than a run of 20 waves, by 0.95 x that queue.
+    short, long = (ServeWorkload(isl=4096, osl=64, concurrency=32, num_requests=n) for n in (32, 640))
+    dep, t, cap, it = _setup(short)
+    seq_cap = cap.max_sequences(4096 + 32.0)
+    one, many = (steady_state(it, w, seq_cap, t.max_batch, t.chunk_tokens, t.replicas) for w in (short, long))
+    one_prefill = float(it.time(0.0, 0.0, 4096.0, 2048.0)[0] - it.time(0.0, 0.0, 0.0, 0.0)[0])
+    # group = floor((8192 - 32) / 4096) = 1: each of the 31 clients behind waits 31 / 2 prefills in the first wave
+    assert float(one.ttft_s[0] - many.ttft_s[0]) == pytest.approx((1.0 - 0.05) * 31 / 2 * one_prefill, rel=1e-6)
+
+
 def test_poisson_tails_and_load() -> None:
     light = _sim(ServeWorkload(isl=512, osl=128, request_rate=2.0))
     heavy = _sim(ServeWorkload(isl=512, osl=128, request_rate=60.0))

@@ -7,8 +7,11 @@ Per GPU of the busiest stage:
   small-batch decode is bound by reading the weights (Pope et al. 2022, §3.1-3.2; roofline, Williams et al. 2009);
   routed experts are read only when some token picks them: 1 - (1 - k/E)^tokens of them;
 - attention: max(2·(q_dim + o_dim)·context FLOPs per token per layer, KV-cache bytes read) (Pope et al. 2022, §2);
-- tensor parallel: 2 all-reduces per layer of tokens·hidden activations, α-β with tree latency
-  (Narayanan et al. 2021, §3.2; Thakur et al. 2005), so at small batches latency dominates;
+- tensor parallel: 2 all-reduces per layer of tokens·hidden activations (Narayanan et al. 2021, §3.2); inside
+  one node the engines' own one-shot all-reduce (vLLM custom_all_reduce, TensorRT-LLM AllReduceStrategy
+  ONESHOT, SGLang's custom all-reduce: every rank reads its k-1 peers' buffers over NVLink) costs one exchange
+  and one flag synchronisation, 2α + (k-1)·n/bw, where NCCL's tree costs 2·log2(k)·α (Thakur et al. 2005);
+  the engine takes the faster, so at small batches a latency of 2α per all-reduce dominates;
 - expert parallel: all-to-all dispatch and combine per MoE layer of tokens·top-k·hidden (GShard, Lepikhin 2020);
 - pipeline: one activation send per stage boundary and micro-batch (Narayanan et al. 2021, §4.1);
 - a fixed time per iteration (engine scheduling) and per sequence in flight (sampling, bookkeeping), fitted.
@@ -37,7 +40,8 @@ TERM_SOURCES = {
     "overhead": "fixed time per iteration (engine) and per sequence in flight, fitted to the published serving runs",
     "linear": "GEMMs: max(FLOPs / achieved peak, weight bytes / achieved HBM bandwidth); Pope et al. 2022 §3",
     "attention": "max(2(q+o)·context FLOPs, KV-cache bytes / achieved HBM bandwidth); Pope et al. 2022 §2",
-    "tp_comm": "2 all-reduces/layer of tokens·hidden, α-β tree latency + ring bandwidth; Thakur et al. 2005",
+    "tp_comm": "2 all-reduces/layer of tokens·hidden: min(one-shot 2α + (k-1)n/bw in a node, NCCL tree/ring); "
+               "Thakur et al. 2005",
     "ep_comm": "all-to-all dispatch + combine per MoE layer, tokens·top-k·hidden; Lepikhin et al. 2020",
     "pp_p2p": "activation send per stage boundary and micro-batch; Narayanan et al. 2021 §4.1",
 }
@@ -104,6 +108,18 @@ class IterationModel:
         return sum(self.terms(d, c, p, cp).values())  # type: ignore[return-value]
 
 
+def _tp_all_reduce(bytes_per_token: float, tp: np.ndarray, links: Links) -> tuple[np.ndarray, np.ndarray]:
+    """(latency s, s per token) of one tensor-parallel all-reduce, the lower envelope of the algorithms engines
+    switch between by message size: small (decode) messages take the one-shot kernel inside a node (2α: write,
+    flag sync; NCCL's tree needs 2·log2(k)·α), large (prefill) ones a bandwidth-optimal ring / two-shot,
+    2(k-1)/k·n/bw."""
+    one = np.ones_like(tp, dtype=np.float64)
+    nccl_lat = all_reduce_time(0.0 * one, tp, one, links)
+    ring_slope = all_reduce_time(bytes_per_token * one, tp, one, links) - nccl_lat
+    in_node = (tp > 1) & (tp <= links.gpus_per_node)
+    return np.where(in_node, np.minimum(2.0 * links.intra_latency_s, nccl_lat), nccl_lat), ring_slope
+
+
 def iteration_model(model: ModelSpec, cluster: ClusterSpec, t: DeploymentTable, eff: ServingEfficiency,
                     engine: str = "trtllm") -> IterationModel:
     """The coefficients of `IterationModel` for every deployment of `t`."""
@@ -140,8 +156,7 @@ def iteration_model(model: ModelSpec, cluster: ClusterSpec, t: DeploymentTable, 
     one = np.ones_like(t.tp)
     # A pipeline round runs every layer once per micro-batch, over pp micro-batches: L all-reduces' latency
     # per micro-batch and stage... the stage does pp·(L/pp) = L layer passes per round.
-    ar_lat = all_reduce_time(0.0 * one, t.tp, one, links)
-    ar_slope = (all_reduce_time(act_bytes_per_token * one, t.tp, one, links) - ar_lat)  # s per token
+    ar_lat, ar_slope = _tp_all_reduce(act_bytes_per_token, t.tp, links)
     num_ar = 2.0 * model.num_layers
     tp_latency = num_ar * ar_lat
     tp_per_token = num_ar * ar_slope / t.attn_dp

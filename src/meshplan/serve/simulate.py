@@ -94,10 +94,8 @@ def simulate(it: IterationModel, w: ServeWorkload, *, kv_tokens: float, max_batc
         assert w.request_rate is not None
         arrival = np.cumsum(rng.exponential(replicas / w.request_rate, n))
     elif closed:
-        # Clients start staggered over one request's lifetime (steady state, not one synchronised wave);
-        # later requests are released as earlier ones finish.
-        lifetime = w.osl * step(float(in_flight), w.isl + w.osl / 2.0, 0.0, 0.0) + step(0.0, 0.0, float(w.isl), w.isl / 2.0)
-        arrival[:in_flight] = np.sort(rng.uniform(0.0, lifetime, min(in_flight, n)))
+        # Benchmark clients send their first requests together (a synchronised first wave, as steady.py prices
+        # it); each later request is released when an earlier one finishes.
         arrival[in_flight:] = math.inf
     arrival = arrival + request_overhead_s
 
