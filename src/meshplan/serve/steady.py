@@ -54,8 +54,9 @@ def steady_state(it: IterationModel, w: ServeWorkload, seq_cap: np.ndarray, max_
     `request_overhead_s` is added to every TTFT (API server, tokenisation). A closed loop is a benchmark run of
     `w.num_requests` requests whose clients all send their first request at once: that first wave's prompts
     queue behind each other (the i-th waits for i - 1 prefills, (B - 1) / 2 on average); each request then
-    restarts when its predecessor ends, so later waves arrive spaced by that queue and wait for no prompt
-    but their own. Averaged over the run, the first wave weighs concurrency / num_requests."""
+    restarts when its predecessor ends, after a client/server overhead that varies from request to request,
+    so later waves arrive spread out and wait for no prompt but their own. Averaged over the run, the first
+    wave weighs concurrency / num_requests."""
     prompt = w.prefill_tokens
     ctx = _mean_context(w)
     cap = np.maximum(np.minimum(max_batch, seq_cap), 1.0)
@@ -70,14 +71,9 @@ def steady_state(it: IterationModel, w: ServeWorkload, seq_cap: np.ndarray, max_
         rate = b * w.osl / (ttft + (w.osl - 1) * tpot)
         return SteadyFigures(ttft, tpot, rate, b, b * prompt, np.zeros_like(b, dtype=bool))
 
-    # Fixed lengths in a closed loop: requests whose prompts shared an iteration get their first tokens
-    # together, finish together and restart together, so they travel as a group of up to room / prompt.
-    synchronised = w.concurrency is not None and w.length_cv == 0 and not (w.isl_histogram or w.osl_histogram)
-
-    def solve(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def solve(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         room = np.maximum(chunk - b, 1.0)
-        group = np.clip(np.floor(room / prompt), 1.0, b) if synchronised else np.ones_like(b)
-        own = np.minimum(group * prompt, room)  # prompt tokens a request (and its group) puts in one iteration
+        own = np.minimum(prompt, room)  # prompt tokens one request puts in one iteration
         # Prompts arrive as chunks of `own` tokens, not spread thinly over every iteration: a fraction f of the
         # iterations carries one (B·prompt/osl prompt tokens per iteration on average), the rest decode only.
         # That keeps the roofline's max() and the experts touched right for both kinds of iteration.
@@ -90,18 +86,21 @@ def steady_state(it: IterationModel, w: ServeWorkload, seq_cap: np.ndarray, max_
         with_prompt = it.time(b, ctx, p_round, prompt / 2.0)
         tpot = share * with_prompt + (1.0 - share) * it.time(b, ctx, 0.0, 0.0)
         chunks = np.ceil(prompt / room)
-        service_ttft = chunks * with_prompt + 0.5 * tpot + request_overhead_s
+        # The prompt's chunks: each iteration's own costs (weights, decodes, overheads) once per chunk, the
+        # prompt's compute in proportion to its tokens (the last chunk carries only the remainder).
+        decode_only = it.time(b, ctx, 0.0, 0.0)
+        service_ttft = chunks * decode_only + prompt / own * (with_prompt - decode_only) + 0.5 * tpot + request_overhead_s
         # Prefill-bound: prompts need more iterations than the decodes last.
         life_iters = np.maximum(w.osl - 1.0, b * prompt / room - chunks)
-        return tpot, service_ttft, life_iters, group
+        return tpot, service_ttft, life_iters
 
     if w.concurrency is not None or w.offline:
         b = np.minimum(in_flight, cap)
-        tpot, service, life, group = solve(b)
+        tpot, service, life = solve(b)
         if w.concurrency is not None:  # the first wave: prefills of the clients ahead, one request alone each
             one_prefill = it.time(0.0, 0.0, prompt, prompt / 2.0) - it.time(0.0, 0.0, 0.0, 0.0)
             first_wave = min(w.concurrency / w.num_requests, 1.0)
-            service = service + first_wave * np.maximum(b - group, 0.0) / 2.0 * one_prefill
+            service = service + first_wave * np.maximum(b - 1.0, 0.0) / 2.0 * one_prefill
         completions = b / (service + life * tpot)  # requests/s per instance
         if w.offline:
             # All requests at once: they are served B at a time; the mean request waits for half the run.
@@ -116,10 +115,10 @@ def steady_state(it: IterationModel, w: ServeWorkload, seq_cap: np.ndarray, max_
     lam = w.request_rate / replicas  # requests/s per instance
     b = np.ones_like(cap)
     for _ in range(60):  # fixed point b = λ·(time in system), damped
-        tpot, service, life, _ = solve(b)
+        tpot, service, life = solve(b)
         target = np.minimum(lam * (service + life * tpot), cap)
         b = 0.5 * b + 0.5 * np.maximum(target, 1.0)
-    tpot, service, life, _ = solve(b)
+    tpot, service, life = solve(b)
     completions = b / (service + life * tpot)
     overloaded = lam > completions * 1.001
     served = np.minimum(lam, completions)
