@@ -61,7 +61,7 @@ def test_first_wave_weighs_less_in_longer_runs() -> None:
     # The synchronised first wave queues (B - 1) / 2 prefills on average; its weight is concurrency / requests,
     # so a run of one wave has a longer mean TTFT than a run of 20 waves, by (1 - 1/20) x that queue.
     short, long = (ServeWorkload(isl=4096, osl=64, concurrency=32, num_requests=n) for n in (32, 640))
-    dep, t, cap, it = _setup(short)
+    _, t, cap, it = _setup(short)
     seq_cap = cap.max_sequences(4096 + 32.0)
     one, many = (steady_state(it, w, seq_cap, t.max_batch, t.chunk_tokens, t.replicas) for w in (short, long))
     one_prefill = float(it.time(0.0, 0.0, 4096.0, 2048.0)[0] - it.time(0.0, 0.0, 0.0, 0.0)[0])
@@ -72,7 +72,7 @@ def test_ttft_prices_the_last_chunk_by_its_tokens() -> None:
     # A prompt one token longer than the chunk budget takes two iterations, but the second carries one token:
     # TTFT must not double (it did when every chunk was priced as a full one).
     w_fit, w_over = (ServeWorkload(isl=isl, osl=64, concurrency=1) for isl in (8191, 8193))
-    dep, t, cap, it = _setup(w_fit)
+    _, t, cap, it = _setup(w_fit)
     fits, over = (steady_state(it, w, cap.max_sequences(9000.0), t.max_batch, t.chunk_tokens, t.replicas)
                   for w in (w_fit, w_over))
     assert float(over.ttft_s[0]) == pytest.approx(float(fits.ttft_s[0]), rel=0.05)
