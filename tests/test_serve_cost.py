@@ -114,3 +114,14 @@ def test_vectorised_equals_one_at_a_time() -> None:
     one = [iteration_model(model, cluster, DeploymentTable.of([d]), EFF, "trtllm").time(32.0, 1500.0, 500.0, 250.0)[0]
            for d in deps]
     assert many == pytest.approx(one)
+
+
+def test_moe_activation_traffic_per_token() -> None:
+    # Mixtral-8x7B at tp1: every token visits top-2 experts in each of 32 MoE layers and streams
+    # 2 x 4096 (in, out) + 6 x 14336 (gate/up out, activation in/out, down in) bf16 values per visit:
+    # 32 x 2 x 94,208 x 2 bytes = 12.06 MB per token, at 0.8 of the datasheet HBM bandwidth.
+    model, gpu = load_model("Mixtral-8x7B"), load_gpu("H100")
+    it = iteration_model(model, make_cluster(gpu, 1), _table(tp=1), EFF, "trtllm")
+    assert float(it.moe_act_s_per_token[0]) == pytest.approx(32 * 2 * 94_208 * 2 / (gpu.hbm_bytes_per_s * 0.8))
+    dense = iteration_model(load_model("Llama-3.1-8B"), make_cluster(gpu, 1), _table(tp=1), EFF, "trtllm")
+    assert float(dense.moe_act_s_per_token[0]) == 0.0

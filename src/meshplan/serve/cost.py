@@ -5,7 +5,10 @@ One iteration (a 'round' when pp > 1: every one of the pp micro-batches passes e
 Per GPU of the busiest stage:
 - linear layers: max(FLOPs / achieved peak, weight bytes / achieved HBM bandwidth) — prefill is compute-bound,
   small-batch decode is bound by reading the weights (Pope et al. 2022, §3.1-3.2; roofline, Williams et al. 2009);
-  routed experts are read only when some token picks them: 1 - (1 - k/E)^tokens of them;
+  routed experts are read only when some token picks them: 1 - (1 - k/E)^tokens of them; the grouped expert
+  GEMMs also stream each routed token's activations through HBM (permute, gate/up out, activation, down in,
+  unpermute: 2·hidden + 6·moe_ffn elements per token and expert; Gale et al. 2023, MegaBlocks §3), which
+  at large batches outweighs the few FLOPs of a small expert;
 - attention: max(2·(q_dim + o_dim)·context FLOPs per token per layer, KV-cache bytes read) (Pope et al. 2022, §2);
 - tensor parallel: 2 all-reduces per layer of tokens·hidden activations (Narayanan et al. 2021, §3.2); inside
   one node the engines' own one-shot all-reduce (vLLM custom_all_reduce, TensorRT-LLM AllReduceStrategy
@@ -68,6 +71,8 @@ class IterationModel:
     """Reading all routed-expert weights of a GPU, for all pp micro-batches (scaled by the share touched)."""
     linear_s_per_token: np.ndarray
     lm_head_s_per_token: np.ndarray
+    moe_act_s_per_token: np.ndarray
+    """HBM time of the routed tokens' activations in the expert GEMMs, per token."""
     attn_s_per_token_ctx: np.ndarray
     kv_s_per_token_ctx: np.ndarray
     tp_latency_s: np.ndarray
@@ -90,7 +95,8 @@ class IterationModel:
         tokens = np.asarray(d, dtype=np.float64) + p
         touched = 1.0 - (1.0 - self.expert_pick) ** np.maximum(tokens / self.pp, 1.0) if self.expert_pick else 0.0
         linear = np.maximum(tokens * self.linear_s_per_token + np.asarray(d) * self.lm_head_s_per_token,
-                            self.dense_weights_s + self.expert_weights_s * touched)
+                            self.dense_weights_s + self.expert_weights_s * touched
+                            + tokens * self.moe_act_s_per_token)
         attention = np.maximum((np.asarray(d) * c + np.asarray(p) * cp) * self.attn_s_per_token_ctx,
                                np.asarray(d) * c * self.kv_s_per_token_ctx)
         return {
@@ -147,6 +153,9 @@ def iteration_model(model: ModelSpec, cluster: ClusterSpec, t: DeploymentTable, 
     active_dense = float(model.active_params() - active_experts) - lm_head - model.embedding_params()
     linear_per_token = 2.0 * (active_dense / t.pp + active_experts / t.pp) / (t.tp * t.attn_dp) / linear_flops_s
     lm_head_per_token = 2.0 * lm_head / (t.tp * t.attn_dp) / linear_flops_s
+    moe_act_bytes = (model.num_moe_layers * model.moe_topk * (2.0 * model.hidden + 6.0 * model.moe_ffn_hidden)
+                     * ACTIVATION_BYTES) if model.is_moe else 0.0  # bytes per token, all MoE layers
+    moe_act_per_token = moe_act_bytes / (t.pp * t.tp * t.attn_dp) / hbm
     # Attention core: 2·(q_dim + o_dim) FLOPs per token per context token per layer (PaLM App. B, forward).
     attn_per_token_ctx = 2.0 * (model.q_dim + model.attn_out_dim) * layers_per_stage / (t.tp * t.attn_dp) / attn_flops_s
     kv_per_token_ctx = kv_bytes_per_token(model, t) / t.attn_dp / hbm
@@ -178,6 +187,7 @@ def iteration_model(model: ModelSpec, cluster: ClusterSpec, t: DeploymentTable, 
         dense_weights_s=t.pp * dense_bytes / hbm,
         expert_weights_s=t.pp * expert_bytes / hbm,
         linear_s_per_token=linear_per_token, lm_head_s_per_token=lm_head_per_token,
+        moe_act_s_per_token=moe_act_per_token,
         attn_s_per_token_ctx=attn_per_token_ctx, kv_s_per_token_ctx=kv_per_token_ctx,
         tp_latency_s=tp_latency, tp_s_per_token=tp_per_token, ep_latency_s=ep_latency, ep_s_per_token=ep_per_token,
         pp_latency_s=pp_latency, pp_s_per_token=pp_per_token, pp=t.pp,

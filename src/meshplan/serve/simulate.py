@@ -51,7 +51,7 @@ class _Scalar:
         tokens = d + p
         touched = 1.0 - (1.0 - f["expert_pick"]) ** max(tokens / f["pp"], 1.0) if f["expert_pick"] else 0.0
         linear = max(tokens * f["linear_s_per_token"] + d * f["lm_head_s_per_token"],
-                     f["dense_weights_s"] + f["expert_weights_s"] * touched)
+                     f["dense_weights_s"] + f["expert_weights_s"] * touched + tokens * f["moe_act_s_per_token"])
         attention = max((d * c + p * cp) * f["attn_s_per_token_ctx"], d * c * f["kv_s_per_token_ctx"])
         return (f["fixed_s"] + d * f["per_sequence_s"] + linear + attention
                 + f["tp_latency_s"] + tokens * f["tp_s_per_token"] + f["ep_latency_s"] + tokens * f["ep_s_per_token"]
