@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/fit_serving.py          # fit, print, write meshplan/data/efficiency/serving.json
     .venv/bin/python benchmarks/fit_serving.py --dry-run
+    .venv/bin/python benchmarks/fit_serving.py --dry-run --leave-one-engine-out   # over-fitting check
 
 Rows marked UNCERTAIN in the data (undocumented layouts, an unnamed engine) are left out of the fit; they are
 still reported by serving_accuracy.py. Factors of an engine or architecture without fitted rows keep their
@@ -16,21 +17,48 @@ from importlib import resources
 
 import numpy as np
 
-from meshplan.calibrate.published_serving import load_published_serving_runs
+from meshplan.calibrate.published_serving import PublishedServingRun, load_published_serving_runs
 from meshplan.serve.efficiency import ServingEfficiency
-from meshplan.serve.fit import fit_serving, log_errors
+from meshplan.serve.fit import METRICS, fit_serving, log_errors, predict_run
 
 START = ServingEfficiency(
     compute={"ampere": 0.6, "hopper": 0.6, "blackwell": 0.6}, hbm=0.8,
     iteration_overhead_s={"trtllm": 0.002, "vllm": 0.003, "sglang": 0.003, "unknown": 0.003},
     request_overhead_s={"trtllm": 0.02, "vllm": 0.02, "sglang": 0.02, "unknown": 0.02},
-    sequence_overhead_s=1e-5, closed_loop_burst=0.2,
+    sequence_overhead_s=1e-5, requests_per_client=10.0,
 )
+
+
+def _mean_abs_by_metric(runs: list[PublishedServingRun], eff: ServingEfficiency) -> str:
+    errors: dict[str, list[float]] = {m: [] for m in METRICS}
+    for run in runs:
+        pred = predict_run(run, eff, simulate_rates=True)
+        for m in METRICS:
+            if pred.measured[m]:
+                errors[m].append(abs(pred.predicted[m] / pred.measured[m] - 1.0))  # type: ignore[operator]
+    return "  ".join(f"{m} n={len(e):3d} mean {np.mean(e):6.1%}" if e else f"{m} n=  0" for m, e in errors.items())
+
+
+def _leave_one_engine_out(runs: list[PublishedServingRun]) -> None:
+    """Fit without one engine's rows, then price them: the error a new engine's runs would see."""
+    print("leave one engine out (fit on the others, price the left-out rows with the fallback engine's overheads):")
+    for engine in sorted({r.engine for r in runs}):
+        held = [r for r in runs if r.engine == engine]
+        fitted = fit_serving([r for r in runs if r.engine != engine], START).efficiency
+        fallback = "vllm" if engine == "trtllm" else "trtllm"
+        blind = fitted.model_copy(update={
+            "iteration_overhead_s": {k: v for k, v in fitted.iteration_overhead_s.items() if k != engine},
+            "request_overhead_s": {k: v for k, v in fitted.request_overhead_s.items() if k != engine},
+            "fallback_engine": fallback})
+        print(f"  {engine:8s} ({len(held):3d} rows)  {_mean_abs_by_metric(held, blind)}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="print the fit, write nothing")
+    parser.add_argument("--leave-one-engine-out", action="store_true",
+                        help="also refit without each engine's rows and price those rows with the other engines' "
+                             "factors (its own overheads unknown: the fallback engine's are used)")
     args = parser.parse_args()
     all_runs, _ = load_published_serving_runs()
     runs = [r for r in all_runs if not r.uncertain]
@@ -41,6 +69,8 @@ def main() -> int:
     for label, eff in (("before", START), ("after", result.efficiency)):
         e = np.abs(np.expm1(log_errors(runs, eff)))
         print(f"  {label:6s}: mean |error| {np.mean(e):.1%}, median {np.median(e):.1%}, max {np.max(e):.1%}")
+    if args.leave_one_engine_out:
+        _leave_one_engine_out(runs)
     if args.dry_run:
         return 0
     path = resources.files("meshplan") / "data" / "efficiency" / "serving.json"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from meshplan.cost.comm import Links, all_reduce_time
+from meshplan.cost.efficiency import default_efficiency
 from meshplan.serve.capacity import capacity, kv_bytes_per_token, weight_bytes_per_gpu
 from meshplan.serve.cost import iteration_model
 from meshplan.serve.deployment import Deployment, DeploymentTable
@@ -76,12 +78,23 @@ def test_prefill_is_compute_bound() -> None:
 
 
 def test_tp_latency_dominates_small_batches() -> None:
-    # Llama-3.1-70B at tp8, batch 1: 160 all-reduces of 16 KB; their latency term (2 log2(8) x 5 us each)
-    # outweighs the bytes, and a bandwidth-only roofline would miss most of the communication time.
+    # Llama-3.1-70B at tp8, batch 1: 160 all-reduces of 16 KB inside one node take the engines' one-shot kernel,
+    # 2α = 2 x 5 us each (NCCL's tree would need 2 log2(8) x 5 us); their latency outweighs the bytes, and a
+    # bandwidth-only roofline would miss most of the communication time.
     model, gpu = load_model("Llama-3.1-70B"), load_gpu("H100")
     it = iteration_model(model, make_cluster(gpu, 8), _table(tp=8), EFF, "trtllm")
-    assert float(it.tp_latency_s[0]) == pytest.approx(160 * 2 * 3 * 5e-6)
+    assert float(it.tp_latency_s[0]) == pytest.approx(160 * 2 * 5e-6)
     assert float(it.tp_latency_s[0]) > 10 * float(it.tp_s_per_token[0])
+
+
+def test_tp_across_nodes_keeps_nccl_latency() -> None:
+    # tp16 spans two 8-GPU nodes: no one-shot kernel; the latency is NCCL's, as meshplan.cost.comm prices it.
+    model, gpu = load_model("Llama-3.1-405B"), load_gpu("H100")
+    cluster = make_cluster(gpu, 16)
+    it = iteration_model(model, cluster, _table(tp=16), EFF, "trtllm")
+    one = np.ones(1)
+    nccl = all_reduce_time(0.0 * one, 16 * one, one, Links.of(cluster, default_efficiency()))
+    assert float(it.tp_latency_s[0]) == pytest.approx(2 * model.num_layers * float(nccl[0]))
 
 
 def test_iteration_time_grows_with_load() -> None:
@@ -101,3 +114,14 @@ def test_vectorised_equals_one_at_a_time() -> None:
     one = [iteration_model(model, cluster, DeploymentTable.of([d]), EFF, "trtllm").time(32.0, 1500.0, 500.0, 250.0)[0]
            for d in deps]
     assert many == pytest.approx(one)
+
+
+def test_moe_activation_traffic_per_token() -> None:
+    # Mixtral-8x7B at tp1: every token visits top-2 experts in each of 32 MoE layers and streams
+    # 2 x 4096 (in, out) + 6 x 14336 (gate/up out, activation in/out, down in) bf16 values per visit:
+    # 32 x 2 x 94,208 x 2 bytes = 12.06 MB per token, at 0.8 of the datasheet HBM bandwidth.
+    model, gpu = load_model("Mixtral-8x7B"), load_gpu("H100")
+    it = iteration_model(model, make_cluster(gpu, 1), _table(tp=1), EFF, "trtllm")
+    assert float(it.moe_act_s_per_token[0]) == pytest.approx(32 * 2 * 94_208 * 2 / (gpu.hbm_bytes_per_s * 0.8))
+    dense = iteration_model(load_model("Llama-3.1-8B"), make_cluster(gpu, 1), _table(tp=1), EFF, "trtllm")
+    assert float(dense.moe_act_s_per_token[0]) == 0.0

@@ -44,6 +44,40 @@ def test_closed_loop_simulation_agrees_with_steady_state() -> None:
     assert sim.output_tokens_per_s == pytest.approx(float(fig.output_tokens_per_s[0]), rel=0.1)
 
 
+def test_closed_loop_ttft_agrees_with_steady_state() -> None:
+    # Two algorithms for one benchmark run with a light prompt load: clients send their first requests together,
+    # later ones restart after a varying overhead. The simulation plays it out request by request, steady.py
+    # prices it in closed form; mean TTFT agrees within 25%.
+    w = ServeWorkload(isl=512, osl=256, concurrency=16, num_requests=400)
+    dep, t, cap, it = _setup(w)
+    overhead = EFF.request_overhead_for("vllm")
+    fig = steady_state(it, w, cap.max_sequences(640.0), t.max_batch, t.chunk_tokens, t.replicas, "continuous", overhead)
+    sim = simulate(it, w, kv_tokens=float(cap.kv_tokens[0]), max_batch=dep.max_batch, chunk_tokens=dep.chunk_tokens,
+                   replicas=1, request_overhead_s=overhead, num_requests=w.num_requests)
+    assert float(np.mean(sim.ttft_s)) == pytest.approx(float(fig.ttft_s[0]), rel=0.25)
+
+
+def test_first_wave_weighs_less_in_longer_runs() -> None:
+    # The synchronised first wave queues (B - 1) / 2 prefills on average; its weight is concurrency / requests,
+    # so a run of one wave has a longer mean TTFT than a run of 20 waves, by (1 - 1/20) x that queue.
+    short, long = (ServeWorkload(isl=4096, osl=64, concurrency=32, num_requests=n) for n in (32, 640))
+    _, t, cap, it = _setup(short)
+    seq_cap = cap.max_sequences(4096 + 32.0)
+    one, many = (steady_state(it, w, seq_cap, t.max_batch, t.chunk_tokens, t.replicas) for w in (short, long))
+    one_prefill = float(it.time(0.0, 0.0, 4096.0, 2048.0)[0] - it.time(0.0, 0.0, 0.0, 0.0)[0])
+    assert float(one.ttft_s[0] - many.ttft_s[0]) == pytest.approx((1.0 - 0.05) * 31 / 2 * one_prefill, rel=1e-6)
+
+
+def test_ttft_prices_the_last_chunk_by_its_tokens() -> None:
+    # A prompt one token longer than the chunk budget takes two iterations, but the second carries one token:
+    # TTFT must not double (it did when every chunk was priced as a full one).
+    w_fit, w_over = (ServeWorkload(isl=isl, osl=64, concurrency=1) for isl in (8191, 8193))
+    _, t, cap, it = _setup(w_fit)
+    fits, over = (steady_state(it, w, cap.max_sequences(9000.0), t.max_batch, t.chunk_tokens, t.replicas)
+                  for w in (w_fit, w_over))
+    assert float(over.ttft_s[0]) == pytest.approx(float(fits.ttft_s[0]), rel=0.05)
+
+
 def test_poisson_tails_and_load() -> None:
     light = _sim(ServeWorkload(isl=512, osl=128, request_rate=2.0))
     heavy = _sim(ServeWorkload(isl=512, osl=128, request_rate=60.0))

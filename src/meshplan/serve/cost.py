@@ -5,10 +5,16 @@ One iteration (a 'round' when pp > 1: every one of the pp micro-batches passes e
 Per GPU of the busiest stage:
 - linear layers: max(FLOPs / achieved peak, weight bytes / achieved HBM bandwidth) — prefill is compute-bound,
   small-batch decode is bound by reading the weights (Pope et al. 2022, §3.1-3.2; roofline, Williams et al. 2009);
-  routed experts are read only when some token picks them: 1 - (1 - k/E)^tokens of them;
+  routed experts are read only when some token picks them: 1 - (1 - k/E)^tokens of them; the grouped expert
+  GEMMs also stream each routed token's activations through HBM (permute, gate/up out, activation, down in,
+  unpermute: 2·hidden + 6·moe_ffn elements per token and expert; Gale et al. 2023, MegaBlocks §3), which
+  at large batches outweighs the few FLOPs of a small expert;
 - attention: max(2·(q_dim + o_dim)·context FLOPs per token per layer, KV-cache bytes read) (Pope et al. 2022, §2);
-- tensor parallel: 2 all-reduces per layer of tokens·hidden activations, α-β with tree latency
-  (Narayanan et al. 2021, §3.2; Thakur et al. 2005), so at small batches latency dominates;
+- tensor parallel: 2 all-reduces per layer of tokens·hidden activations (Narayanan et al. 2021, §3.2); inside
+  one node the engines' own one-shot all-reduce (vLLM custom_all_reduce, TensorRT-LLM AllReduceStrategy
+  ONESHOT, SGLang's custom all-reduce: every rank reads its k-1 peers' buffers over NVLink) costs one exchange
+  and one flag synchronisation, 2α + (k-1)·n/bw, where NCCL's tree costs 2·log2(k)·α (Thakur et al. 2005);
+  the engine takes the faster, so at small batches a latency of 2α per all-reduce dominates;
 - expert parallel: all-to-all dispatch and combine per MoE layer of tokens·top-k·hidden (GShard, Lepikhin 2020);
 - pipeline: one activation send per stage boundary and micro-batch (Narayanan et al. 2021, §4.1);
 - a fixed time per iteration (engine scheduling) and per sequence in flight (sampling, bookkeeping), fitted.
@@ -37,7 +43,8 @@ TERM_SOURCES = {
     "overhead": "fixed time per iteration (engine) and per sequence in flight, fitted to the published serving runs",
     "linear": "GEMMs: max(FLOPs / achieved peak, weight bytes / achieved HBM bandwidth); Pope et al. 2022 §3",
     "attention": "max(2(q+o)·context FLOPs, KV-cache bytes / achieved HBM bandwidth); Pope et al. 2022 §2",
-    "tp_comm": "2 all-reduces/layer of tokens·hidden, α-β tree latency + ring bandwidth; Thakur et al. 2005",
+    "tp_comm": "2 all-reduces/layer of tokens·hidden: min(one-shot 2α + (k-1)n/bw in a node, NCCL tree/ring); "
+               "Thakur et al. 2005",
     "ep_comm": "all-to-all dispatch + combine per MoE layer, tokens·top-k·hidden; Lepikhin et al. 2020",
     "pp_p2p": "activation send per stage boundary and micro-batch; Narayanan et al. 2021 §4.1",
 }
@@ -64,6 +71,8 @@ class IterationModel:
     """Reading all routed-expert weights of a GPU, for all pp micro-batches (scaled by the share touched)."""
     linear_s_per_token: np.ndarray
     lm_head_s_per_token: np.ndarray
+    moe_act_s_per_token: np.ndarray
+    """HBM time of the routed tokens' activations in the expert GEMMs, per token."""
     attn_s_per_token_ctx: np.ndarray
     kv_s_per_token_ctx: np.ndarray
     tp_latency_s: np.ndarray
@@ -86,7 +95,8 @@ class IterationModel:
         tokens = np.asarray(d, dtype=np.float64) + p
         touched = 1.0 - (1.0 - self.expert_pick) ** np.maximum(tokens / self.pp, 1.0) if self.expert_pick else 0.0
         linear = np.maximum(tokens * self.linear_s_per_token + np.asarray(d) * self.lm_head_s_per_token,
-                            self.dense_weights_s + self.expert_weights_s * touched)
+                            self.dense_weights_s + self.expert_weights_s * touched
+                            + tokens * self.moe_act_s_per_token)
         attention = np.maximum((np.asarray(d) * c + np.asarray(p) * cp) * self.attn_s_per_token_ctx,
                                np.asarray(d) * c * self.kv_s_per_token_ctx)
         return {
@@ -102,6 +112,18 @@ class IterationModel:
              cp: np.ndarray | float) -> np.ndarray:
         """Seconds of one iteration (a full pipeline round)."""
         return sum(self.terms(d, c, p, cp).values())  # type: ignore[return-value]
+
+
+def _tp_all_reduce(bytes_per_token: float, tp: np.ndarray, links: Links) -> tuple[np.ndarray, np.ndarray]:
+    """(latency s, s per token) of one tensor-parallel all-reduce, the lower envelope of the algorithms engines
+    switch between by message size: small (decode) messages take the one-shot kernel inside a node (2α: write,
+    flag sync; NCCL's tree needs 2·log2(k)·α), large (prefill) ones a bandwidth-optimal ring / two-shot,
+    2(k-1)/k·n/bw."""
+    one = np.ones_like(tp, dtype=np.float64)
+    nccl_lat = all_reduce_time(0.0 * one, tp, one, links)
+    ring_slope = all_reduce_time(bytes_per_token * one, tp, one, links) - nccl_lat
+    in_node = (tp > 1) & (tp <= links.gpus_per_node)
+    return np.where(in_node, np.minimum(2.0 * links.intra_latency_s, nccl_lat), nccl_lat), ring_slope
 
 
 def iteration_model(model: ModelSpec, cluster: ClusterSpec, t: DeploymentTable, eff: ServingEfficiency,
@@ -131,6 +153,9 @@ def iteration_model(model: ModelSpec, cluster: ClusterSpec, t: DeploymentTable, 
     active_dense = float(model.active_params() - active_experts) - lm_head - model.embedding_params()
     linear_per_token = 2.0 * (active_dense / t.pp + active_experts / t.pp) / (t.tp * t.attn_dp) / linear_flops_s
     lm_head_per_token = 2.0 * lm_head / (t.tp * t.attn_dp) / linear_flops_s
+    moe_act_bytes = (model.num_moe_layers * model.moe_topk * (2.0 * model.hidden + 6.0 * model.moe_ffn_hidden)
+                     * ACTIVATION_BYTES) if model.is_moe else 0.0  # bytes per token, all MoE layers
+    moe_act_per_token = moe_act_bytes / (t.pp * t.tp * t.attn_dp) / hbm
     # Attention core: 2·(q_dim + o_dim) FLOPs per token per context token per layer (PaLM App. B, forward).
     attn_per_token_ctx = 2.0 * (model.q_dim + model.attn_out_dim) * layers_per_stage / (t.tp * t.attn_dp) / attn_flops_s
     kv_per_token_ctx = kv_bytes_per_token(model, t) / t.attn_dp / hbm
@@ -140,8 +165,7 @@ def iteration_model(model: ModelSpec, cluster: ClusterSpec, t: DeploymentTable, 
     one = np.ones_like(t.tp)
     # A pipeline round runs every layer once per micro-batch, over pp micro-batches: L all-reduces' latency
     # per micro-batch and stage... the stage does pp·(L/pp) = L layer passes per round.
-    ar_lat = all_reduce_time(0.0 * one, t.tp, one, links)
-    ar_slope = (all_reduce_time(act_bytes_per_token * one, t.tp, one, links) - ar_lat)  # s per token
+    ar_lat, ar_slope = _tp_all_reduce(act_bytes_per_token, t.tp, links)
     num_ar = 2.0 * model.num_layers
     tp_latency = num_ar * ar_lat
     tp_per_token = num_ar * ar_slope / t.attn_dp
@@ -163,6 +187,7 @@ def iteration_model(model: ModelSpec, cluster: ClusterSpec, t: DeploymentTable, 
         dense_weights_s=t.pp * dense_bytes / hbm,
         expert_weights_s=t.pp * expert_bytes / hbm,
         linear_s_per_token=linear_per_token, lm_head_s_per_token=lm_head_per_token,
+        moe_act_s_per_token=moe_act_per_token,
         attn_s_per_token_ctx=attn_per_token_ctx, kv_s_per_token_ctx=kv_per_token_ctx,
         tp_latency_s=tp_latency, tp_s_per_token=tp_per_token, ep_latency_s=ep_latency, ep_s_per_token=ep_per_token,
         pp_latency_s=pp_latency, pp_s_per_token=pp_per_token, pp=t.pp,

@@ -34,9 +34,11 @@ class ServingEfficiency(Frozen):
     """Time per sequence in flight per iteration (per-request scheduling, sampling, detokenisation), seconds."""
     request_overhead_s: dict[str, float] = Field(default_factory=dict)
     """Fixed part of TTFT per engine: API server, tokenisation, admission into the scheduler, seconds."""
-    closed_loop_burst: float = Field(default=0.0, ge=0, le=1)
-    """Closed-loop benchmarks with fixed lengths start and finish requests in bursts: a new request waits
-    behind this fraction of the other in-flight requests' prefills (0: perfectly staggered, 1: all at once)."""
+    requests_per_client: float = Field(default=10.0, ge=1)
+    """Requests each closed-loop client sends in a measured benchmark run whose request count its source does
+    not state (requests). Benchmark clients send their first requests together, so the first wave's prompts
+    queue behind each other; the share of such requests in a run is 1 / requests_per_client. Fitted; used
+    only to price the published runs (a user's workload states its own request count)."""
     memory_fraction: float = Field(default=0.9, gt=0, le=1)
     """Fraction of the memory left after weights, activations and runtime that the KV cache takes (TensorRT-LLM
     kv_cache_free_gpu_mem_fraction 0.9; vLLM --gpu-memory-utilization 0.9 is close). Not fitted."""

@@ -19,8 +19,10 @@ class EngineDefaults:
 DEFAULTS = {
     # trtllm-serve: --max_batch_size 256, --max_num_tokens 8192 (its command-line defaults).
     "trtllm": EngineDefaults(256, 8192, "trtllm-serve defaults: max_batch_size=256, max_num_tokens=8192"),
-    # vLLM: --max-num-seqs 256, --max-num-batched-tokens 8192 with chunked prefill (V1 engine args defaults).
-    "vllm": EngineDefaults(256, 8192, "vLLM engine args: max_num_seqs=256, max_num_batched_tokens=8192"),
+    # vLLM V1 API server on GPUs with >= 70 GiB other than A100: max_num_seqs 1024, max_num_batched_tokens 8192
+    # (vllm/engine/arg_utils.py, EngineArgs.get_batch_defaults; 256 and 2048 on smaller GPUs and A100).
+    "vllm": EngineDefaults(1024, 8192, "vLLM V1 API server on >=70 GiB GPUs: max_num_seqs=1024, "
+                                       "max_num_batched_tokens=8192"),
     # SGLang: --max-running-requests derived from the KV pool; --chunked-prefill-size 8192 on large GPUs.
     "sglang": EngineDefaults(1024, 8192, "SGLang server args: chunked_prefill_size=8192, running requests from KV pool"),
     "unknown": EngineDefaults(256, 8192, "assumed vLLM-like defaults"),

@@ -235,7 +235,7 @@ def estimate_serving(req: ServeRequest | dict[str, Any], eff: ServingEfficiency 
         raise PlanError(f"one sequence of {work.isl}+{work.osl} tokens needs more KV cache than the "
                         f"{cap.kv_tokens[0]:.0f} tokens left on {dep.label()}; raise tp/pp or shorten the lengths")
     fig = steady_state(it, work, seq_cap, table.max_batch, table.chunk_tokens, table.replicas, "continuous",
-                       eff.request_overhead_for(req.engine), eff.closed_loop_burst)
+                       eff.request_overhead_for(req.engine))
     ttft, tpot = float(fig.ttft_s[0]), float(fig.tpot_s[0])
     total = float(fig.output_tokens_per_s[0]) * dep.replicas
     percentiles: dict[str, dict[str, float]] = {}

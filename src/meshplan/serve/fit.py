@@ -36,16 +36,26 @@ class RunPrediction:
     fits: bool
 
 
-def run_inputs(run: PublishedServingRun) -> tuple[Deployment, ServeWorkload, Scheduler]:
-    """The deployment and workload of a published run, with the engine's scheduler defaults."""
+# Requests per run where the source states it: TensorRT-LLM 0.14's online table, "with 500 requests".
+STATED_REQUESTS = {"trtllm-0.14-online": 500}
+
+
+def run_inputs(run: PublishedServingRun, requests_per_client: float = 10.0) -> tuple[Deployment, ServeWorkload,
+                                                                                       Scheduler]:
+    """The deployment and workload of a published run, with the engine's scheduler defaults; a closed-loop run
+    whose request count no source states sends `requests_per_client` requests per client."""
     offline_bench = run.source_group in ("trtllm-0.17", "trtllm-pytorch")  # trtllm-bench throughput tables
     defaults = OFFLINE_BENCH if offline_bench else DEFAULTS.get(run.engine, DEFAULTS["unknown"])
     dep = Deployment(tp=run.tp, pp=run.pp, ep=run.ep, attn_dp=run.attn_dp, replicas=run.replicas,
                      precision=run.precision,  # type: ignore[arg-type]
                      kv_dtype=run.kv_dtype,  # type: ignore[arg-type]
                      max_batch=defaults.max_batch, chunk_tokens=defaults.chunk_tokens)
+    stated = STATED_REQUESTS.get(run.source_group)
+    requests = stated or (max(round(requests_per_client * run.concurrency), run.concurrency)
+                          if run.concurrency is not None else 2000)
     work = ServeWorkload(isl=run.isl, osl=run.osl, concurrency=run.concurrency,
-                         request_rate=None if run.concurrency is not None else run.request_rate)
+                         request_rate=None if run.concurrency is not None else run.request_rate,
+                         num_requests=requests)
     scheduler: Scheduler = "static" if run.source_group == "splitwise" else "continuous"
     return dep, work, scheduler
 
@@ -53,14 +63,14 @@ def run_inputs(run: PublishedServingRun) -> tuple[Deployment, ServeWorkload, Sch
 def predict_run(run: PublishedServingRun, eff: ServingEfficiency, simulate_rates: bool = False) -> RunPrediction:
     """Predicted TTFT (ms), TPOT (ms) and output tokens/s of a run; with `simulate_rates`, finite-rate
     (open-loop) rows come from the scheduler simulation, as `meshplan serve --estimate` prices them."""
-    dep, work, scheduler = run_inputs(run)
+    dep, work, scheduler = run_inputs(run, eff.requests_per_client)
     table = DeploymentTable.of([dep])
     cluster = make_cluster(run.gpu, max(run.num_gpus, 1), gpus_per_node=max(run.gpu.default_gpus_per_node, 1)
                            if run.num_gpus > run.gpu.default_gpus_per_node else None)
     cap = capacity(run.model, run.gpu, table, eff.memory_fraction, eff.runtime_bytes)
     it = iteration_model(run.model, cluster, table, eff, run.engine)
     fig = steady_state(it, work, cap.max_sequences(work.isl + work.osl / 2.0), table.max_batch, table.chunk_tokens,
-                       table.replicas, scheduler, eff.request_overhead_for(run.engine), eff.closed_loop_burst)
+                       table.replicas, scheduler, eff.request_overhead_for(run.engine))
     predicted = {"ttft": float(fig.ttft_s[0]) * 1e3, "tpot": float(fig.tpot_s[0]) * 1e3,
                  "throughput": float(fig.output_tokens_per_s[0] * dep.replicas)}
     if simulate_rates and run.request_rate is not None and not run.offline:
@@ -68,7 +78,7 @@ def predict_run(run: PublishedServingRun, eff: ServingEfficiency, simulate_rates
 
         sim = simulate(it, work, kv_tokens=float(cap.kv_tokens[0]), max_batch=dep.max_batch,
                        chunk_tokens=dep.chunk_tokens, replicas=dep.replicas,
-                       request_overhead_s=eff.request_overhead_for(run.engine), num_requests=600)
+                       request_overhead_s=eff.request_overhead_for(run.engine), num_requests=min(work.num_requests, 600))
         predicted = {"ttft": float(sim.ttft_s.mean()) * 1e3, "tpot": float(sim.tpot_s.mean()) * 1e3,
                      "throughput": float(sim.output_tokens_per_s) * dep.replicas}
     ttft = run.measured_ttft_ms
@@ -100,7 +110,8 @@ def _names(runs: Sequence[PublishedServingRun]) -> list[str]:
     archs = [a for a in _ARCHS if any(r.gpu.architecture == a for r in runs)]
     engines = [e for e in _ENGINES if any(r.engine == e for r in runs)]
     return ([f"compute.{a}" for a in archs] + ["hbm"] + [f"iteration_overhead_s.{e}" for e in engines]
-            + [f"request_overhead_s.{e}" for e in engines] + ["sequence_overhead_s", "closed_loop_burst"])
+            + [f"request_overhead_s.{e}" for e in engines] + ["low_precision_ratio", "sequence_overhead_s",
+                                                                 "requests_per_client"])
 
 
 def _bounds(name: str) -> tuple[float, float]:
@@ -114,10 +125,15 @@ def _bounds(name: str) -> tuple[float, float]:
         return 0.0, 0.5  # s
     if name == "sequence_overhead_s":
         return 0.0, 1e-4  # s
+    if name == "requests_per_client":
+        return 1.0, 100.0  # requests
+    if name == "low_precision_ratio":
+        return 0.3, 1.0
     return 0.0, 1.0
 
 
-_SCALE = {"iteration_overhead_s": 1e-3, "request_overhead_s": 1e-2, "sequence_overhead_s": 1e-5}
+_SCALE = {"iteration_overhead_s": 1e-3, "request_overhead_s": 1e-2, "sequence_overhead_s": 1e-5,
+          "requests_per_client": 10.0}
 
 
 def _scale(name: str) -> float:

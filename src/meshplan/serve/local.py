@@ -42,7 +42,7 @@ def profile_specs(profile: dict[str, float], processes: int) -> tuple[GpuSpec, C
     overhead = profile.get("op_overhead_s", 0.0) * profile.get("ops_per_iteration", 0.0)
     eff = ServingEfficiency(compute={"ampere": 1.0}, hbm=1.0, low_precision_ratio=1.0, attention_ratio=1.0,
                             iteration_overhead_s={"trtllm": overhead}, request_overhead_s={"trtllm": 0.0},
-                            sequence_overhead_s=0.0, closed_loop_burst=0.0, runtime_bytes=0.0,
+                            sequence_overhead_s=0.0, runtime_bytes=0.0,
                             source="measured profile of this machine")
     return gpu, cluster, eff
 

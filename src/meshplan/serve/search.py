@@ -155,7 +155,7 @@ def _price(req: ServeSearchRequest, gpu: GpuSpec, eff: ServingEfficiency, deps: 
     it = iteration_model(req.model, cluster, table, eff, req.engine)
     seq_cap = cap.max_sequences(w.isl + w.osl / 2.0)
     fig = steady_state(it, w, seq_cap, table.max_batch, table.chunk_tokens, table.replicas, "continuous",
-                       eff.request_overhead_for(req.engine), eff.closed_loop_burst)
+                       eff.request_overhead_for(req.engine))
     ok = cap.fits & (seq_cap >= 1) & ~fig.overloaded
     total = fig.output_tokens_per_s * table.replicas
     out = []

@@ -11,6 +11,7 @@ TPOT come from the simulated requests, so tails under load are priced by the sch
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ class _Scalar:
         tokens = d + p
         touched = 1.0 - (1.0 - f["expert_pick"]) ** max(tokens / f["pp"], 1.0) if f["expert_pick"] else 0.0
         linear = max(tokens * f["linear_s_per_token"] + d * f["lm_head_s_per_token"],
-                     f["dense_weights_s"] + f["expert_weights_s"] * touched)
+                     f["dense_weights_s"] + f["expert_weights_s"] * touched + tokens * f["moe_act_s_per_token"])
         attention = max((d * c + p * cp) * f["attn_s_per_token_ctx"], d * c * f["kv_s_per_token_ctx"])
         return (f["fixed_s"] + d * f["per_sequence_s"] + linear + attention
                 + f["tp_latency_s"] + tokens * f["tp_s_per_token"] + f["ep_latency_s"] + tokens * f["ep_s_per_token"]
@@ -94,12 +95,15 @@ def simulate(it: IterationModel, w: ServeWorkload, *, kv_tokens: float, max_batc
         assert w.request_rate is not None
         arrival = np.cumsum(rng.exponential(replicas / w.request_rate, n))
     elif closed:
-        # Clients start staggered over one request's lifetime (steady state, not one synchronised wave);
-        # later requests are released as earlier ones finish.
-        lifetime = w.osl * step(float(in_flight), w.isl + w.osl / 2.0, 0.0, 0.0) + step(0.0, 0.0, float(w.isl), w.isl / 2.0)
-        arrival[:in_flight] = np.sort(rng.uniform(0.0, lifetime, min(in_flight, n)))
+        # Benchmark clients send their first requests together (a synchronised first wave, as steady.py prices
+        # it); each later request is released when an earlier one finishes.
         arrival[in_flight:] = math.inf
-    arrival = arrival + request_overhead_s
+    # The per-request overhead (client, HTTP, tokenisation) varies: exponential around its mean in a closed loop,
+    # which spreads restarts that finished in the same iteration. Requests enter the queue in release order.
+    overhead = request_overhead_s * (rng.exponential(1.0, n) if closed else np.ones(n))
+    if closed:
+        overhead[:in_flight] = np.sort(overhead[:in_flight])
+    arrival = arrival + overhead
 
     first = np.full(n, math.nan)
     done = np.full(n, math.nan)
@@ -111,16 +115,16 @@ def simulate(it: IterationModel, w: ServeWorkload, *, kv_tokens: float, max_batc
     num_decoding = 0
     ctx_sum = 0.0  # sum of the contexts of the decoding sequences
     finish_at: dict[int, list[int]] = {}  # iteration number -> sequences that emit their last token then
-    next_arrival = 0  # index of the next request not yet queued (arrivals are sorted; closed loop releases)
-    released = in_flight if closed else n
+    released = in_flight if closed else n  # requests sent so far (a closed loop sends one as one finishes)
+    pending = [(arrival_of[r], r) for r in range(released)]  # sent, not yet arrived: a heap by arrival time
+    heapq.heapify(pending)
     clock = 0.0
     kv_used = 0
     batch_sum = 0.0
     iterations = 0
     while iterations < MAX_ITERATIONS:
-        while next_arrival < released and arrival_of[next_arrival] <= clock:
-            waiting.append(next_arrival)
-            next_arrival += 1
+        while pending and pending[0][0] <= clock:
+            waiting.append(heapq.heappop(pending)[1])
         in_batch = len(prefilling) + num_decoding
         while waiting and in_batch < max_batch and kv_used + isl_of[waiting[0]] + osl_of[waiting[0]] <= kv_tokens:
             r = waiting.popleft()
@@ -128,9 +132,9 @@ def simulate(it: IterationModel, w: ServeWorkload, *, kv_tokens: float, max_batc
             kv_used += isl_of[r] + osl_of[r]
             in_batch += 1
         if in_batch == 0:
-            if waiting or next_arrival >= released:  # a request that cannot fit the KV cache, or all done
+            if waiting or not pending:  # a request that cannot fit the KV cache, or all done
                 break
-            clock = max(clock, arrival_of[next_arrival])
+            clock = max(clock, pending[0][0])
             continue
         d = float(num_decoding)
         ctx = ctx_sum / num_decoding if num_decoding else 0.0
@@ -166,13 +170,14 @@ def simulate(it: IterationModel, w: ServeWorkload, *, kv_tokens: float, max_batc
                 num_decoding -= 1
                 ctx_sum -= isl_of[r] + osl_of[r]
             if closed and released < n:
-                arrival_of[released] = clock + request_overhead_s
+                arrival_of[released] = clock + float(overhead[released])
                 arrival[released] = arrival_of[released]
+                heapq.heappush(pending, (arrival_of[released], released))
                 released += 1
-        if next_arrival >= n and not waiting and not prefilling and num_decoding == 0 and not finish_at:
+        if released >= n and not pending and not waiting and not prefilling and num_decoding == 0 and not finish_at:
             break
     ok = ~np.isnan(done)
-    ttft = first[ok] - (arrival[ok] - request_overhead_s)
+    ttft = first[ok] - (arrival[ok] - overhead[ok])
     tpot = (done[ok] - first[ok]) / np.maximum(osl[ok] - 1, 1)
     # Throughput: closed loop over the middle of the run (completions 10%..90%, past ramp-up, before drain);
     # open loop and offline over the whole run, first arrival to last completion.
@@ -184,6 +189,6 @@ def simulate(it: IterationModel, w: ServeWorkload, *, kv_tokens: float, max_batc
         window = finish[hi] - finish[lo]
     else:
         tokens = float(np.sum(osl[ok]))
-        window = (finish[-1] - float(np.min(arrival[ok]) - request_overhead_s)) if len(finish) else 0.0
+        window = (finish[-1] - float(np.min(arrival[ok] - overhead[ok]))) if len(finish) else 0.0
     rate = tokens / window if window > 0 else math.nan
     return SimResult(ttft, tpot, rate, batch_sum / max(iterations, 1))

@@ -48,12 +48,15 @@ def _mean_context(w: ServeWorkload) -> float:
 
 def steady_state(it: IterationModel, w: ServeWorkload, seq_cap: np.ndarray, max_batch: np.ndarray,
                  chunk: np.ndarray, replicas: np.ndarray, scheduler: Scheduler = "continuous",
-                 request_overhead_s: float = 0.0, burst: float = 0.0) -> SteadyFigures:
+                 request_overhead_s: float = 0.0) -> SteadyFigures:
     """Mean TTFT, TPOT and throughput of each deployment for workload `w`.
 
-    `request_overhead_s` is added to every TTFT (API server, tokenisation); in a closed loop a new request also
-    waits behind `burst` x the other in-flight requests' prefills (fixed lengths make requests finish, and so
-    restart, together)."""
+    `request_overhead_s` is added to every TTFT (API server, tokenisation). A closed loop is a benchmark run of
+    `w.num_requests` requests whose clients all send their first request at once: that first wave's prompts
+    queue behind each other (the i-th waits for i - 1 prefills, (B - 1) / 2 on average); each request then
+    restarts when its predecessor ends, after a client/server overhead that varies from request to request,
+    so later waves arrive spread out and wait for no prompt but their own. Averaged over the run, the first
+    wave weighs concurrency / num_requests."""
     prompt = w.prefill_tokens
     ctx = _mean_context(w)
     cap = np.maximum(np.minimum(max_batch, seq_cap), 1.0)
@@ -83,7 +86,10 @@ def steady_state(it: IterationModel, w: ServeWorkload, seq_cap: np.ndarray, max_
         with_prompt = it.time(b, ctx, p_round, prompt / 2.0)
         tpot = share * with_prompt + (1.0 - share) * it.time(b, ctx, 0.0, 0.0)
         chunks = np.ceil(prompt / room)
-        service_ttft = chunks * with_prompt + 0.5 * tpot + request_overhead_s
+        # The prompt's chunks: each iteration's own costs (weights, decodes, overheads) once per chunk, the
+        # prompt's compute in proportion to its tokens (the last chunk carries only the remainder).
+        decode_only = it.time(b, ctx, 0.0, 0.0)
+        service_ttft = chunks * decode_only + prompt / own * (with_prompt - decode_only) + 0.5 * tpot + request_overhead_s
         # Prefill-bound: prompts need more iterations than the decodes last.
         life_iters = np.maximum(w.osl - 1.0, b * prompt / room - chunks)
         return tpot, service_ttft, life_iters
@@ -91,9 +97,10 @@ def steady_state(it: IterationModel, w: ServeWorkload, seq_cap: np.ndarray, max_
     if w.concurrency is not None or w.offline:
         b = np.minimum(in_flight, cap)
         tpot, service, life = solve(b)
-        if w.concurrency is not None:  # prefill of one request alone, the unit of the burst wait
+        if w.concurrency is not None:  # the first wave: prefills of the clients ahead, one request alone each
             one_prefill = it.time(0.0, 0.0, prompt, prompt / 2.0) - it.time(0.0, 0.0, 0.0, 0.0)
-            service = service + burst * np.maximum(b - 1.0, 0.0) / 2.0 * one_prefill
+            first_wave = min(w.concurrency / w.num_requests, 1.0)
+            service = service + first_wave * np.maximum(b - 1.0, 0.0) / 2.0 * one_prefill
         completions = b / (service + life * tpot)  # requests/s per instance
         if w.offline:
             # All requests at once: they are served B at a time; the mean request waits for half the run.
