@@ -58,9 +58,23 @@ def _run_batch(batch: Path, price_line: Callable[[str], dict[str, Any]]) -> None
     """Print one JSON result per non-empty line of the JSONL file `batch`, in order."""
     if not batch.is_file():
         _fail(f"--batch {str(batch)!r} is not a file; pass a JSONL file with one request per line")
-    for line in batch.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            print(json.dumps(price_line(line)), flush=True)
+    lines = [line for line in batch.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        _fail(f"--batch {str(batch)!r} holds no requests; write one JSON object per line")
+    for line in lines:
+        print(json.dumps(price_line(line)), flush=True)
+
+
+def _check_out(path: Path | None, flag: str = "--out") -> None:
+    """Refuse an output path that cannot be written, before the work whose result it would hold."""
+    if path is None:
+        return
+    folder = path.parent
+    if path.is_dir():
+        raise PlanError(f"cannot write {flag} {str(path)!r}: it is a folder; give a file name")
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise PlanError(f"cannot write {flag} {str(path)!r}: folder {str(folder)!r} does not exist or is not "
+                        "writable; choose a writable path")
 
 
 def _estimate_line(line: str) -> dict[str, Any]:
@@ -197,6 +211,11 @@ def plan_cmd(
     try:
         if no_cp and cp not in (None, 1):
             raise PlanError(f"--no-cp contradicts --cp {cp}; drop one of them")
+        if cross_group_gbps is not None and ":" not in str(gpu):
+            raise PlanError("--cross-group-gbps prices the link between device groups; it needs --gpu A:n,B:m")
+        if cross_group_gbps is not None and not cross_group_gbps > 0:
+            raise PlanError(f"--cross-group-gbps {cross_group_gbps} must be a positive GB/s per GPU")
+        _check_out(out)
         constraints: dict[str, Any] = dict(tp=tp, pp=pp, dp=dp, cp=1 if no_cp else cp, ep=ep, vpp=vpp, micro_batch=micro_batch,
                            zero=zero, recompute=recompute, schedule=schedule, sequence_parallel=sequence_parallel,
                            max_tp=max_tp, max_pp=max_pp, max_cp=max_cp, max_ep=max_ep)
