@@ -142,3 +142,10 @@ def test_run_without_torch_says_how_to_install(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setitem(sys.modules, "torch", None)  # as if PyTorch were not installed
     r = run("run", str(plan), "--model", "tiny")
     assert r.exit_code == 2 and "pip install 'meshplan[run]'" in r.stderr
+
+
+def test_estimate_batch_of_no_requests_exits_2(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    r = run("estimate", "--batch", str(empty))
+    assert r.exit_code == 2 and f"--batch '{empty}' holds no requests" in r.stderr
