@@ -76,6 +76,12 @@ def _one(tmp_path: Path, fields: dict[str, object]) -> Path:
      "cannot write --out '/nonexistent-qa/p.json': folder '/nonexistent-qa' does not exist"),
     (["--num-gpus", "8", "--concurrency", "4", "--estimate", "--out", "/nonexistent-qa/p.json"], "cannot write --out"),
     (["--num-gpus", "8", "--concurrency", "4", "--out", "/"], "cannot write --out '/': it is a folder"),
+    (["--num-gpus", "8", "--concurrency", "4", "--max-pp", "0"], "--max-pp 0 must be positive"),
+    (["--num-gpus", "8", "--concurrency", "4", "--ttft", "1s@p0"], "the percentile must lie between p0 and p100"),
+    (["--num-gpus", "8", "--concurrency", "4", "--ep", "2", "--estimate"], "ep=2 must divide tp*attn_dp=1"),
+    # a price for a GPU not searched used to rank every plan at an unknown cost
+    (["--num-gpus", "8", "--concurrency", "4", "--objective", "cost", "--gpu-hour-price", "A100=2"],
+     "needs a --gpu-hour-price for every --gpu; H100-SXM has none"),
 ])
 def test_bad_input_exits_2_with_one_line(extra: list[str], message: str) -> None:
     result = _run(BASE + extra)

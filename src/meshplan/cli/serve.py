@@ -318,6 +318,8 @@ def _search(model_name: str, gpus: list[str], num_gpus: int, work: Any, ttft: st
         raise PlanError(f"--objective {objective!r} is not one of throughput, gpus, cost")
     if num_gpus <= 0:
         raise PlanError(f"--num-gpus {num_gpus} must be positive")
+    if max_pp <= 0:
+        raise PlanError(f"--max-pp {max_pp} must be positive (the largest pipeline parallelism to search)")
     precisions = tuple(p.strip() for p in precision.split(","))
     for p in precisions:
         if p not in ("bf16", "fp16", "fp8", "fp4"):
