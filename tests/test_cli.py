@@ -149,3 +149,14 @@ def test_estimate_batch_of_no_requests_exits_2(tmp_path: Path) -> None:
     empty.write_text("")
     r = run("estimate", "--batch", str(empty))
     assert r.exit_code == 2 and f"--batch '{empty}' holds no requests" in r.stderr
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    # found by the QA pass: a plan or batch file silently overrode the request flags given beside it
+    (["--plan", "p.json", "--model", "GPT-3-1.3B", "--hardware", "hw.json"], "would ignore --model, --hardware"),
+    (["--plan", "p.json", "--batch", "b.jsonl"], "--plan takes the whole request from its file and would ignore --batch"),
+    (["--batch", "b.jsonl", "--num-gpus", "8"], "--batch takes the whole request from its file and would ignore --num-gpus"),
+])
+def test_request_files_refuse_flags_they_would_ignore(args: list[str], needle: str) -> None:
+    r = run("estimate", *args)
+    assert r.exit_code == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -155,3 +155,13 @@ def test_more_clients_than_simulated_requests() -> None:
                           "--top-k", "2", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["ranked"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--plan", "serve.json", "--model", "Llama-3.1-8B"], "--plan takes the whole request from its file and would ignore --model"),
+    (["--estimate", "--batch", "b.jsonl", "--isl", "5", "--concurrency", "4"], "would ignore --isl, --concurrency"),
+    (["--estimate", "--batch", "b.jsonl", "--plan", "serve.json"], "--batch takes the whole request from its file and would ignore --plan"),
+])
+def test_request_files_refuse_flags_they_would_ignore(args: list[str], message: str) -> None:
+    result = _run(["serve", *args])
+    assert result.exit_code == 2 and message in result.output

@@ -65,6 +65,13 @@ def _run_batch(batch: Path, price_line: Callable[[str], dict[str, Any]]) -> None
         print(json.dumps(price_line(line)), flush=True)
 
 
+def _alone(flag: str, given: dict[str, Any]) -> None:
+    """Refuse flags that `flag` (a file holding the whole request) would silently ignore."""
+    ignored = [name for name, value in given.items() if value is not None]
+    if ignored:
+        _fail(f"{flag} takes the whole request from its file and would ignore {', '.join(ignored)}; drop them")
+
+
 def _check_out(path: Path | None, flag: str = "--out") -> None:
     """Refuse an output path that cannot be written, before the work whose result it would hold."""
     if path is None:
@@ -115,6 +122,10 @@ def estimate_cmd(
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Predict step time, throughput, MFU and peak memory of one training strategy."""
+    if plan is not None or batch is not None:
+        _alone("--plan" if plan is not None else "--batch", {"--model": model, "--gpu": gpu, "--num-gpus": num_gpus,
+               "--global-batch": global_batch, "--seq-len": seq_len, "--hardware": hardware,
+               "--batch": batch if plan is not None else None})
     if plan is not None:
         from meshplan.plan import read_plan, reprice
 

@@ -184,6 +184,13 @@ def serve_cmd(
     as_json: Annotated[bool, Opt("--json", help="Print JSON.")] = False,
 ) -> None:
     """Plan LLM serving: the best deployment for a model, GPUs and workload (or price one with --estimate)."""
+    from meshplan.cli.main import _alone
+
+    if batch is not None or plan is not None:
+        _alone("--batch" if batch is not None else "--plan", {
+            "--model": model, "--gpu": gpu, "--num-gpus": num_gpus, "--isl": isl, "--osl": osl,
+            "--concurrency": concurrency, "--request-rate": request_rate, "--trace": trace,
+            "--plan": plan if batch is not None else None})
     if batch is not None:
         if not estimate:
             _fail("--batch needs --estimate (it prices one deployment per line)")
