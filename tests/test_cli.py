@@ -160,3 +160,12 @@ def test_estimate_batch_of_no_requests_exits_2(tmp_path: Path) -> None:
 def test_request_files_refuse_flags_they_would_ignore(args: list[str], needle: str) -> None:
     r = run("estimate", *args)
     assert r.exit_code == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_run_refuses_nproc_0_before_launching(tmp_path: Path) -> None:
+    # found by the QA pass: --nproc 0 divided by zero while rescaling dp (a traceback); now refused up front
+    out = tmp_path / "p.json"
+    assert run("plan", "--model", "Llama-3.1-8B", "--gpu", "H100", "--num-gpus", "8", "--global-batch", "64",
+               "--seq-len", "4096", "--tp", "2", "--top-k", "1", "--out", str(out)).exit_code == 0
+    r = run("run", str(out), "--nproc", "0")
+    assert r.exit_code == 2 and "--nproc 0 must be positive" in r.stderr

@@ -359,6 +359,8 @@ def run_cmd(
                                 as_json=as_json)
     if steps <= 0:
         _fail(f"--steps {steps} must be positive")
+    if nproc is not None and nproc <= 0:
+        _fail(f"--nproc {nproc} must be positive (processes to launch)")
     from meshplan.run import require_torch
 
     try:
