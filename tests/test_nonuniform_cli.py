@@ -51,8 +51,10 @@ def test_heterogeneous_table() -> None:
     (["--search", "dp", "--cross-group-gbps", "5"], "--cross-group-gbps prices the link between device groups"),
     (["--search", "dp", "--out", "/nonexistent-qa/p.json"], "cannot write --out '/nonexistent-qa/p.json'"),
     (["--out", "/nonexistent-qa/p.json"], "cannot write --out"),
+    (["--gpu", "A100-80GB:32,H100:32", "--out", "hetero.json"], "a heterogeneous plan is printed, not written"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
     r = runner.invoke(app, [*BASE, *args])
     assert r.exit_code == 2, r.output
     assert message in r.output and "Traceback" not in r.output
+    assert "non-uniform plans" not in r.output  # refused before the search, not after its table

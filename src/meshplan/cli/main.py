@@ -227,6 +227,8 @@ def plan_cmd(
         if cross_group_gbps is not None and not cross_group_gbps > 0:
             raise PlanError(f"--cross-group-gbps {cross_group_gbps} must be a positive GB/s per GPU")
         _check_out(out)
+        if out is not None and ":" in str(gpu):  # before the search, not after its table
+            raise PlanError("--out: the Plan format holds one GPU type; a heterogeneous plan is printed, not written")
         constraints: dict[str, Any] = dict(tp=tp, pp=pp, dp=dp, cp=1 if no_cp else cp, ep=ep, vpp=vpp, micro_batch=micro_batch,
                            zero=zero, recompute=recompute, schedule=schedule, sequence_parallel=sequence_parallel,
                            max_tp=max_tp, max_pp=max_pp, max_cp=max_cp, max_ep=max_ep)
