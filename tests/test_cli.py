@@ -142,3 +142,30 @@ def test_run_without_torch_says_how_to_install(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setitem(sys.modules, "torch", None)  # as if PyTorch were not installed
     r = run("run", str(plan), "--model", "tiny")
     assert r.exit_code == 2 and "pip install 'meshplan[run]'" in r.stderr
+
+
+def test_estimate_batch_of_no_requests_exits_2(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    r = run("estimate", "--batch", str(empty))
+    assert r.exit_code == 2 and f"--batch '{empty}' holds no requests" in r.stderr
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    # found by the QA pass: a plan or batch file silently overrode the request flags given beside it
+    (["--plan", "p.json", "--model", "GPT-3-1.3B", "--hardware", "hw.json"], "would ignore --model, --hardware"),
+    (["--plan", "p.json", "--batch", "b.jsonl"], "--plan takes the whole request from its file and would ignore --batch"),
+    (["--batch", "b.jsonl", "--num-gpus", "8"], "--batch takes the whole request from its file and would ignore --num-gpus"),
+])
+def test_request_files_refuse_flags_they_would_ignore(args: list[str], needle: str) -> None:
+    r = run("estimate", *args)
+    assert r.exit_code == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_run_refuses_nproc_0_before_launching(tmp_path: Path) -> None:
+    # found by the QA pass: --nproc 0 divided by zero while rescaling dp (a traceback); now refused up front
+    out = tmp_path / "p.json"
+    assert run("plan", "--model", "Llama-3.1-8B", "--gpu", "H100", "--num-gpus", "8", "--global-batch", "64",
+               "--seq-len", "4096", "--tp", "2", "--top-k", "1", "--out", str(out)).exit_code == 0
+    r = run("run", str(out), "--nproc", "0")
+    assert r.exit_code == 2 and "--nproc 0 must be positive" in r.stderr

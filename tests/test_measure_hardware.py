@@ -164,3 +164,21 @@ def test_cli_plan_with_hardware_and_a_corrupt_profile(tmp_path: Path) -> None:
                               "--num-gpus", "4", "--global-batch", "8", "--seq-len", "128"])
     assert bad.exit_code == 2
     assert "not valid JSON" in bad.output and "Traceback" not in bad.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    # found by the QA pass: a missing store was created empty and reported as "no runs"
+    (["--db", "{tmp}/missing.db"], "measurement store '{tmp}/missing.db' does not exist"),
+    (["--db", "{tmp}/junk.db"], "is not a readable SQLite database"),
+    (["--db", "{tmp}"], "is not a file"),
+    (["--db", "{tmp}/junk.db", "--out", "/nonexistent-qa/hw.json"], "cannot write --out '/nonexistent-qa/hw.json'"),
+    (["--hardware", "{tmp}/junk.db"], "not valid JSON"),
+])
+def test_calibrate_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    write_profile(make_profile(), tmp_path / "hw.json")
+    (tmp_path / "junk.db").write_text("not a database")
+    argv = ["calibrate", "--hardware", str(tmp_path / "hw.json"), *[a.format(tmp=tmp_path) for a in args]]
+    r = CliRunner().invoke(app, argv)
+    assert r.exit_code == 2, r.output
+    assert message.format(tmp=tmp_path) in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "missing.db").exists()

@@ -173,6 +173,7 @@ def test_validate_cli_bad_input(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "--zero" in r.output
     r = runner.invoke(app, ["validate", "--model", "tiny"])
     assert r.exit_code == 2 and "meshplan profile" in r.output
+    Store(tmp_path / "m.db").close()  # a store without runs (a missing one is refused by name)
     r = runner.invoke(app, ["calibrate", "--hardware", str(tmp_path / "hw.json"), "--db", str(tmp_path / "m.db")])
     assert r.exit_code == 2 and "no successful measured runs" in r.output
     assert summarise([]).num_ok == 0

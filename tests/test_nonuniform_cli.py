@@ -44,8 +44,17 @@ def test_heterogeneous_table() -> None:
     (["--search", "annealing"], "--search 'annealing' is not one of"),
     (["--search", "dp", "--objective", "memory"], "maximises throughput"),
     (["--gpu", "A100-80GB:8,H100:16", "--search", "dp"], "differs from the 24 GPUs"),
+    (["--gpu", "H100:abc", "--search", "dp"], "'H100:abc' is not NAME:COUNT"),
+    # found by the QA pass: a negative link priced silently, a flag ignored silently, a traceback after the search
+    (["--gpu", "A100-80GB:32,H100:32", "--search", "dp", "--cross-group-gbps", "-1"],
+     "--cross-group-gbps -1.0 must be a positive GB/s per GPU"),
+    (["--search", "dp", "--cross-group-gbps", "5"], "--cross-group-gbps prices the link between device groups"),
+    (["--search", "dp", "--out", "/nonexistent-qa/p.json"], "cannot write --out '/nonexistent-qa/p.json'"),
+    (["--out", "/nonexistent-qa/p.json"], "cannot write --out"),
+    (["--gpu", "A100-80GB:32,H100:32", "--out", "hetero.json"], "a heterogeneous plan is printed, not written"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
     r = runner.invoke(app, [*BASE, *args])
     assert r.exit_code == 2, r.output
     assert message in r.output and "Traceback" not in r.output
+    assert "non-uniform plans" not in r.output  # refused before the search, not after its table

@@ -66,6 +66,22 @@ def _one(tmp_path: Path, fields: dict[str, object]) -> Path:
     (["--num-gpus", "8", "--concurrency", "4", "--ttft", "soon"], "is not like '2s@p90'"),
     (["--num-gpus", "8", "--concurrency", "4", "--tpot", "0.1ms@p99"], "no deployment meets the targets: TPOT"),
     (["--num-gpus", "8", "--concurrency", "4", "--objective", "cheap"], "--objective"),
+    # found by the QA pass: tracebacks, a misleading "missing --isl", a silent empty table
+    (["--num-gpus", "8", "--concurrency", "4", "--isl", "0"], "--isl 0: Input should be greater than 0"),
+    (["--num-gpus", "8", "--concurrency", "4", "--osl", "-1"], "--osl -1: Input should be greater than 0"),
+    (["--num-gpus", "8", "--concurrency", "4", "--length-cv", "-1"], "--length-cv -1.0: Input should be greater"),
+    (["--num-gpus", "8", "--concurrency", "4", "--prefix-hit", "1.5"], "--prefix-hit 1.5: Input should be less than 1"),
+    (["--num-gpus", "8", "--concurrency", "4", "--top-k", "0"], "--top-k 0 must be positive"),
+    (["--num-gpus", "8", "--concurrency", "4", "--out", "/nonexistent-qa/p.json"],
+     "cannot write --out '/nonexistent-qa/p.json': folder '/nonexistent-qa' does not exist"),
+    (["--num-gpus", "8", "--concurrency", "4", "--estimate", "--out", "/nonexistent-qa/p.json"], "cannot write --out"),
+    (["--num-gpus", "8", "--concurrency", "4", "--out", "/"], "cannot write --out '/': it is a folder"),
+    (["--num-gpus", "8", "--concurrency", "4", "--max-pp", "0"], "--max-pp 0 must be positive"),
+    (["--num-gpus", "8", "--concurrency", "4", "--ttft", "1s@p0"], "the percentile must lie between p0 and p100"),
+    (["--num-gpus", "8", "--concurrency", "4", "--ep", "2", "--estimate"], "ep=2 must divide tp*attn_dp=1"),
+    # a price for a GPU not searched used to rank every plan at an unknown cost
+    (["--num-gpus", "8", "--concurrency", "4", "--objective", "cost", "--gpu-hour-price", "A100=2"],
+     "needs a --gpu-hour-price for every --gpu; H100-SXM has none"),
 ])
 def test_bad_input_exits_2_with_one_line(extra: list[str], message: str) -> None:
     result = _run(BASE + extra)
@@ -123,3 +139,29 @@ def test_disaggregated_plan_round_trip(tmp_path: Path) -> None:
     again = _run(["serve", "--plan", str(plan), "--json"])
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["tpot_ms"] == pytest.approx(sp.estimate["tpot_ms"])
+
+
+def test_empty_batch_file_exits_2(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    result = _run(["serve", "--estimate", "--batch", str(empty)])
+    assert result.exit_code == 2 and "holds no requests" in result.output
+
+
+def test_more_clients_than_simulated_requests() -> None:
+    # 1,000 clients on one instance exceed the 300 requests the search simulates for a percentile target; the
+    # search used to raise IndexError. Now it ranks plans (every simulated request in the first wave).
+    result = _run(BASE + ["--isl", "1024", "--osl", "256", "--num-gpus", "8", "--concurrency", "1000", "--ttft", "2s@p90",
+                          "--top-k", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["ranked"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--plan", "serve.json", "--model", "Llama-3.1-8B"], "--plan takes the whole request from its file and would ignore --model"),
+    (["--estimate", "--batch", "b.jsonl", "--isl", "5", "--concurrency", "4"], "would ignore --isl, --concurrency"),
+    (["--estimate", "--batch", "b.jsonl", "--plan", "serve.json"], "--batch takes the whole request from its file and would ignore --plan"),
+])
+def test_request_files_refuse_flags_they_would_ignore(args: list[str], message: str) -> None:
+    result = _run(["serve", *args])
+    assert result.exit_code == 2 and message in result.output

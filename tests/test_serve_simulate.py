@@ -137,3 +137,12 @@ def test_trace_replay_and_histograms(tmp_path) -> None:  # type: ignore[no-untyp
         bad = tmp_path / "bad.csv"
         bad.write_text("100;3\n")
         load_histogram(bad, "isl histogram")
+
+
+def test_closed_loop_with_more_clients_than_requests_sends_them_all_at_once() -> None:
+    # 64 clients and 16 simulated requests: every request is in the first wave, exactly as with 16 clients for
+    # 16 requests (same seed, so the same lengths and overheads). It used to index past the request list.
+    many = _sim(ServeWorkload(isl=512, osl=64, concurrency=64), n=16)
+    exact = _sim(ServeWorkload(isl=512, osl=64, concurrency=16), n=16)
+    assert len(many.ttft_s) == 16
+    assert np.array_equal(many.ttft_s, exact.ttft_s) and np.array_equal(many.tpot_s, exact.tpot_s)

@@ -58,6 +58,10 @@ def test_tables_and_pipeline_stages(small_config: str) -> None:
     (["--memory", "0.01"], "GB more); raise --memory"),
     (["--microbatches", "3"], "--microbatches 3 must be positive and divide --global-batch 8"),
     (["--dtype", "fp8"], "--dtype 'fp8' is not bf16 or fp32"),
+    (["--mesh", "2x0"], "--mesh '2x0' has an axis of size 0 or less"),
+    (["--out", "/nonexistent-qa/s.json"], "cannot write --out '/nonexistent-qa/s.json'"),  # was a traceback
+    (["--gpus-per-node", "0"], "--gpus-per-node 0: Input should be greater than 0"),  # was a traceback
+    (["--time-limit", "-1"], "--time-limit -1.0: Input should be greater than 0"),  # was a traceback
 ])
 def test_bad_input_is_one_line_and_exit_2(small_config: str, args: list[str], message: str) -> None:
     base = {"--model": small_config, "--mesh": "2", "--global-batch": "8", "--seq-len": "512"}

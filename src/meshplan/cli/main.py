@@ -58,9 +58,30 @@ def _run_batch(batch: Path, price_line: Callable[[str], dict[str, Any]]) -> None
     """Print one JSON result per non-empty line of the JSONL file `batch`, in order."""
     if not batch.is_file():
         _fail(f"--batch {str(batch)!r} is not a file; pass a JSONL file with one request per line")
-    for line in batch.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            print(json.dumps(price_line(line)), flush=True)
+    lines = [line for line in batch.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        _fail(f"--batch {str(batch)!r} holds no requests; write one JSON object per line")
+    for line in lines:
+        print(json.dumps(price_line(line)), flush=True)
+
+
+def _alone(flag: str, given: dict[str, Any]) -> None:
+    """Refuse flags that `flag` (a file holding the whole request) would silently ignore."""
+    ignored = [name for name, value in given.items() if value is not None]
+    if ignored:
+        _fail(f"{flag} takes the whole request from its file and would ignore {', '.join(ignored)}; drop them")
+
+
+def _check_out(path: Path | None, flag: str = "--out") -> None:
+    """Refuse an output path that cannot be written, before the work whose result it would hold."""
+    if path is None:
+        return
+    folder = path.parent
+    if path.is_dir():
+        raise PlanError(f"cannot write {flag} {str(path)!r}: it is a folder; give a file name")
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise PlanError(f"cannot write {flag} {str(path)!r}: folder {str(folder)!r} does not exist or is not "
+                        "writable; choose a writable path")
 
 
 def _estimate_line(line: str) -> dict[str, Any]:
@@ -101,6 +122,10 @@ def estimate_cmd(
     as_json: Annotated[bool, Opt("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Predict step time, throughput, MFU and peak memory of one training strategy."""
+    if plan is not None or batch is not None:
+        _alone("--plan" if plan is not None else "--batch", {"--model": model, "--gpu": gpu, "--num-gpus": num_gpus,
+               "--global-batch": global_batch, "--seq-len": seq_len, "--hardware": hardware,
+               "--batch": batch if plan is not None else None})
     if plan is not None:
         from meshplan.plan import read_plan, reprice
 
@@ -197,6 +222,13 @@ def plan_cmd(
     try:
         if no_cp and cp not in (None, 1):
             raise PlanError(f"--no-cp contradicts --cp {cp}; drop one of them")
+        if cross_group_gbps is not None and ":" not in str(gpu):
+            raise PlanError("--cross-group-gbps prices the link between device groups; it needs --gpu A:n,B:m")
+        if cross_group_gbps is not None and not cross_group_gbps > 0:
+            raise PlanError(f"--cross-group-gbps {cross_group_gbps} must be a positive GB/s per GPU")
+        _check_out(out)
+        if out is not None and ":" in str(gpu):  # before the search, not after its table
+            raise PlanError("--out: the Plan format holds one GPU type; a heterogeneous plan is printed, not written")
         constraints: dict[str, Any] = dict(tp=tp, pp=pp, dp=dp, cp=1 if no_cp else cp, ep=ep, vpp=vpp, micro_batch=micro_batch,
                            zero=zero, recompute=recompute, schedule=schedule, sequence_parallel=sequence_parallel,
                            max_tp=max_tp, max_pp=max_pp, max_cp=max_cp, max_ep=max_ep)
@@ -329,6 +361,8 @@ def run_cmd(
                                 as_json=as_json)
     if steps <= 0:
         _fail(f"--steps {steps} must be positive")
+    if nproc is not None and nproc <= 0:
+        _fail(f"--nproc {nproc} must be positive (processes to launch)")
     from meshplan.run import require_torch
 
     try:

@@ -232,6 +232,12 @@ def calibrate_cmd(
 
     try:
         profile = _profile(hardware)
+        if db is not None and not db.exists():  # reading must not leave an empty store behind
+            raise PlanError(f"measurement store {str(db)!r} does not exist; record runs into it with "
+                            "`meshplan validate --db FILE` first, or pass the --db it wrote")
+        from meshplan.cli.main import _check_out
+
+        _check_out(out)
         with _store(db) as store:
             runs = store.records(hardware_fingerprint=profile.fingerprint, status="ok",
                                  model_name=load_name(model) if model else None)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -183,6 +184,13 @@ def serve_cmd(
     as_json: Annotated[bool, Opt("--json", help="Print JSON.")] = False,
 ) -> None:
     """Plan LLM serving: the best deployment for a model, GPUs and workload (or price one with --estimate)."""
+    from meshplan.cli.main import _alone
+
+    if batch is not None or plan is not None:
+        _alone("--batch" if batch is not None else "--plan", {
+            "--model": model, "--gpu": gpu, "--num-gpus": num_gpus, "--isl": isl, "--osl": osl,
+            "--concurrency": concurrency, "--request-rate": request_rate, "--trace": trace,
+            "--plan": plan if batch is not None else None})
     if batch is not None:
         if not estimate:
             _fail("--batch needs --estimate (it prices one deployment per line)")
@@ -194,8 +202,8 @@ def serve_cmd(
         if plan is not None:
             _reprice(plan, as_json)
             return
-        missing = [f for f, v in [("--model", model), ("--gpu", gpu), ("--isl", isl or isl_hist or trace),
-                                  ("--osl", osl or osl_hist or trace)] if v is None]
+        missing = [f for f, v in [("--model", model), ("--gpu", gpu), ("--isl", isl if isl is not None else isl_hist or trace),
+                                  ("--osl", osl if osl is not None else osl_hist or trace)] if v is None]
         if concurrency is None and request_rate is None and trace is None:
             missing.append("--concurrency, --request-rate or --trace")
         if not estimate and num_gpus is None:
@@ -206,6 +214,12 @@ def serve_cmd(
             raise PlanError("give --concurrency or --request-rate, not both")
         if concurrency is not None and concurrency <= 0:
             raise PlanError(f"--concurrency {concurrency} must be positive")
+        if top_k <= 0:
+            raise PlanError(f"--top-k {top_k} must be positive (deployments to show)")
+        from meshplan.cli.main import _check_out
+
+        _check_out(out)
+        _check_out(plot, "--plot")
         rate = _rate(request_rate)
         gpus = [g.strip() for g in str(gpu).split(",") if g.strip()]
         if estimate:
@@ -220,10 +234,16 @@ def serve_cmd(
             return
         from meshplan.serve.estimate import ServeRequest, request_workload
 
-        work = request_workload(ServeRequest(
-            model=str(model), gpu=gpus[0], isl=isl, osl=osl, concurrency=concurrency, request_rate=rate,
-            prefix_hit=prefix_hit, length_cv=length_cv, trace=str(trace) if trace else None,
-            isl_histogram=str(isl_hist) if isl_hist else None, osl_histogram=str(osl_hist) if osl_hist else None))
+        try:
+            request = ServeRequest(
+                model=str(model), gpu=gpus[0], isl=isl, osl=osl, concurrency=concurrency, request_rate=rate,
+                prefix_hit=prefix_hit, length_cv=length_cv, trace=str(trace) if trace else None,
+                isl_histogram=str(isl_hist) if isl_hist else None, osl_histogram=str(osl_hist) if osl_hist else None)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            flag = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "a flag"
+            raise PlanError(f"{flag} {err.get('input')!r}: {err['msg']}; fix that flag") from None
+        work = request_workload(request)
         _search(str(model), gpus, num_gpus, work, ttft, tpot, objective,  # type: ignore[arg-type]
                 _prices(gpu_hour_price, gpus), precision or "bf16,fp8", engine, max_pp, disagg, top_k, launch, plot,
                 out, as_json)
@@ -305,6 +325,8 @@ def _search(model_name: str, gpus: list[str], num_gpus: int, work: Any, ttft: st
         raise PlanError(f"--objective {objective!r} is not one of throughput, gpus, cost")
     if num_gpus <= 0:
         raise PlanError(f"--num-gpus {num_gpus} must be positive")
+    if max_pp <= 0:
+        raise PlanError(f"--max-pp {max_pp} must be positive (the largest pipeline parallelism to search)")
     precisions = tuple(p.strip() for p in precision.split(","))
     for p in precisions:
         if p not in ("bf16", "fp16", "fp8", "fp4"):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -39,7 +40,7 @@ def shard_cmd(
     out: Annotated[Path | None, Opt(help="Write the plan to this JSON file (`meshplan run` executes it).")] = None,
 ) -> None:
     """Choose a sharding per operator (ILP over the traced graph) and print it with its collectives."""
-    from meshplan.cli.main import _fail
+    from meshplan.cli.main import _check_out, _fail
 
     if model is None or mesh is None:
         _fail("missing " + ", ".join(f for f, v in [("--model", model), ("--mesh", mesh)] if v is None)
@@ -61,10 +62,16 @@ def shard_cmd(
             raise PlanError(f"--memory {memory} must be a positive number of GB")
         if microbatches <= 0 or global_batch % microbatches:
             raise PlanError(f"--microbatches {microbatches} must be positive and divide --global-batch {global_batch}")
-        req = ShardRequest(model=load_model(model), gpu=load_gpu(gpu), mesh=parse_mesh(mesh), global_batch=global_batch,
-                           seq_len=seq_len, dtype=dtype,  # type: ignore[arg-type]
-                           memory_bytes=memory * GB if memory is not None else None, gpus_per_node=gpus_per_node,
-                           merge_layers=merge, time_limit_s=time_limit)
+        _check_out(out)
+        try:
+            req = ShardRequest(model=load_model(model), gpu=load_gpu(gpu), mesh=parse_mesh(mesh),
+                               global_batch=global_batch, seq_len=seq_len, dtype=dtype,  # type: ignore[arg-type]
+                               memory_bytes=memory * GB if memory is not None else None, gpus_per_node=gpus_per_node,
+                               merge_layers=merge, time_limit_s=time_limit)
+        except ValidationError as exc:  # --gpus-per-node, --time-limit
+            err = exc.errors()[0]
+            flag = {"time_limit_s": "--time-limit"}.get(str(err["loc"][0]), "--" + str(err["loc"][0]).replace("_", "-"))
+            raise PlanError(f"{flag} {err.get('input')!r}: {err['msg']}; fix that flag") from None
         whole: str | None = None  # why the whole batch on the whole mesh does not fit (pipelining may)
         try:
             result = shard(req)

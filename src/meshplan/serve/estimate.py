@@ -145,9 +145,13 @@ def _specs(req: ServeRequest, workload: ServeWorkload | None = None) -> tuple[Mo
         raise PlanError(f"num_gpus={req.num_gpus} != tp*pp*attn_dp*replicas = {num_gpus}; fix one of them")
     defaults = DEFAULTS[req.engine]
     kv = req.kv_dtype or ("fp8" if req.precision in ("fp8", "fp4") else req.precision)
-    dep = Deployment(tp=req.tp, pp=req.pp, ep=req.ep, attn_dp=req.attn_dp, replicas=replicas,
-                     precision=req.precision, kv_dtype=kv,  # type: ignore[arg-type]
-                     max_batch=req.max_batch or defaults.max_batch, chunk_tokens=req.chunk_tokens or defaults.chunk_tokens)
+    try:
+        dep = Deployment(tp=req.tp, pp=req.pp, ep=req.ep, attn_dp=req.attn_dp, replicas=replicas,
+                         precision=req.precision, kv_dtype=kv,  # type: ignore[arg-type]
+                         max_batch=req.max_batch or defaults.max_batch,
+                         chunk_tokens=req.chunk_tokens or defaults.chunk_tokens)
+    except ValidationError as exc:  # a rule across fields (ep against tp*attn_dp)
+        raise PlanError(str(exc.errors()[0]["msg"]).removeprefix("Value error, ")) from None
     check_deployment(dep, model)
     work = workload or request_workload(req)
     longest = max((r[1] + r[2] for r in work.trace), default=work.isl + work.osl)

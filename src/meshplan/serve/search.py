@@ -279,6 +279,10 @@ def search_serving(req: ServeSearchRequest, eff: ServingEfficiency | None = None
         raise PlanError(f"engine {req.engine!r} is not one of trtllm, vllm, sglang")
     if req.objective == "cost" and not req.gpu_hour_price:
         raise PlanError("the cost objective needs --gpu-hour-price (e.g. H100=2.5,H200=3.5)")
+    unpriced = [g.name for g in req.gpus if g.name not in req.gpu_hour_price]
+    if req.objective == "cost" and unpriced:
+        raise PlanError(f"the cost objective needs a --gpu-hour-price for every --gpu; {', '.join(unpriced)} has "
+                        "none (e.g. H100=2.5,H200=3.5)")
     if req.objective == "gpus" and (w.request_rate is None or math.isinf(w.request_rate)):
         raise PlanError("the fewest-GPUs objective needs a finite --request-rate to serve")
     priced: list[Candidate] = []

@@ -115,7 +115,9 @@ def simulate(it: IterationModel, w: ServeWorkload, *, kv_tokens: float, max_batc
     num_decoding = 0
     ctx_sum = 0.0  # sum of the contexts of the decoding sequences
     finish_at: dict[int, list[int]] = {}  # iteration number -> sequences that emit their last token then
-    released = in_flight if closed else n  # requests sent so far (a closed loop sends one as one finishes)
+    # requests sent so far (a closed loop sends one as one finishes; with more clients than simulated requests,
+    # every request is in the first wave)
+    released = min(in_flight, n) if closed else n
     pending = [(arrival_of[r], r) for r in range(released)]  # sent, not yet arrived: a heap by arrival time
     heapq.heapify(pending)
     clock = 0.0

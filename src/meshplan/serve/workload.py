@@ -75,7 +75,10 @@ class LatencyTarget(Frozen):
         limit = float(value) * (1e-3 if unit.lower() == "ms" else 1.0)
         if limit <= 0:
             raise PlanError(f"{what} target {text!r} must be positive")
-        return cls(limit_s=limit, percentile=float(pct) if pct else 50.0)
+        percentile = float(pct) if pct else 50.0
+        if not 0 < percentile < 100:
+            raise PlanError(f"{what} target {text!r}: the percentile must lie between p0 and p100, e.g. @p90")
+        return cls(limit_s=limit, percentile=percentile)
 
     def label(self) -> str:
         shown = f"{self.limit_s * 1e3:g}ms" if self.limit_s < 1 else f"{self.limit_s:g}s"
