@@ -32,7 +32,8 @@ def test_dp_equals_brute_force(instance) -> None:  # type: ignore[no-untyped-def
             choose_recompute(time, mem, budget)
         return
     got = choose_recompute(time, mem, budget)
-    assert got.time_s == pytest.approx(oracle.time_s, abs=1e-9)
+    # the oracle breaks ties within math.isclose (relative 1e-9) towards less memory, so it may sit that far above
+    assert got.time_s == pytest.approx(oracle.time_s, rel=1e-9, abs=1e-9)
     idx = np.arange(len(got.option)), got.option
     assert mem[idx].sum() <= budget and time[idx].sum() == pytest.approx(got.time_s)
 
