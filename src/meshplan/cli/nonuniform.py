@@ -47,7 +47,7 @@ def plan_nonuniform(request: PlanRequest, search: str, out: Path | None, as_json
         if hetero:
             from meshplan.search.hetero import group_clusters, parse_gpu_groups, search_hetero
 
-            groups = parse_gpu_groups(request.gpu)
+            groups = parse_gpu_groups(str(request.gpu))  # hetero implies a named --gpu
             if sum(n for _, n in groups) != request.num_gpus[0]:
                 raise PlanError(f"--num-gpus {request.num_gpus[0]} differs from the {sum(n for _, n in groups)} GPUs "
                                 f"of --gpu {request.gpu}; make them equal")
