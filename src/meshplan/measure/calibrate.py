@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 import numpy as np
 from scipy.optimize import least_squares
 
-from meshplan.cost.efficiency import Efficiency
+from meshplan.calibrate.fit import FitResult, fit_efficiency, published_measurements
+from meshplan.cost.efficiency import Efficiency, default_efficiency
 from meshplan.cost.training import training_cost
 from meshplan.errors import PlanError
 from meshplan.measure.hardware import HardwareProfile, local_cluster, profile_efficiency
@@ -169,3 +170,22 @@ def calibrated_profile(profile: HardwareProfile, result: Calibration) -> Hardwar
         "max_abs_memory_error_before": float(np.max(np.abs(result.memory_error_before))),
         "max_abs_memory_error_after": float(np.max(np.abs(result.memory_error_after))),
     }})
+
+
+def calibrate_published() -> FitResult:
+    """Fit the datasheet layer's factors (GEMM efficiency per GPU architecture, attention, fp8, TP overlap) to the
+    published training runs shipped with meshplan, from the shipped factors. They share no factor with a local
+    profile's fit: those describe other hardware (the local device) and are fitted to its own runs."""
+    runs = published_measurements()
+    return fit_efficiency(runs, default_efficiency(), source=f"fitted to {len(runs)} published training runs "
+                                                             "(meshplan calibrate --published)")
+
+
+def with_published(profile: HardwareProfile, fit: FitResult) -> HardwareProfile:
+    """The profile with the published fit recorded next to its own calibration (for the record; planning with
+    this profile uses the local factors)."""
+    record = {"runs": len(fit.error_after),
+              "fitted": {n: {"value": float(v), "stderr": float(e)} for n, v, e in zip(fit.names, fit.values, fit.stderr)},
+              "median_abs_error_before": float(np.median(np.abs(fit.error_before))),
+              "median_abs_error_after": float(np.median(np.abs(fit.error_after)))}
+    return profile.model_copy(update={"calibration": {**(profile.calibration or {}), "published": record}})
