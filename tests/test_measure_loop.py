@@ -37,6 +37,7 @@ JOB = LocalJob(model=LOCAL_MODELS["small-20m"], num_processes=4, global_batch=4,
                axes=LocalAxes(recompute=("none", "full"), schedule=("1f1b",), sequence_parallel=(True,)))
 TRUE_GEMM = 0.4  # the simulated machine's GEMMs run at 0.4 of the profiled rate
 TRUE_STATES = 12 / 18  # and it keeps 12 B/param of model states (the profile assumes 16)
+TRUE_WORKING_SET = 30e6  # bytes per process the model's terms do not hold (the profile assumes 0 on CPU)
 
 
 class Machine:
@@ -45,7 +46,8 @@ class Machine:
     def __init__(self, profile, fail: set[str] = frozenset()):  # type: ignore[no-untyped-def]
         eff = profile_efficiency(profile)
         self.profile = profile
-        self.truth = eff.model_copy(update={"gemm": {"cpu": TRUE_GEMM}, "memory_state_scale": TRUE_STATES})
+        self.truth = eff.model_copy(update={"gemm": {"cpu": TRUE_GEMM}, "memory_state_scale": TRUE_STATES,
+                                          "memory_overhead_bytes": TRUE_WORKING_SET})
         self.fail = fail
         self.runs: list[str] = []
 
@@ -91,6 +93,7 @@ def test_calibration_recovers_the_machines_factors(monkeypatch: pytest.MonkeyPat
     assert fitted["gemm"].value == pytest.approx(TRUE_GEMM, rel=1e-3)
     assert fitted["memory_state_scale"].value == pytest.approx(TRUE_STATES, rel=1e-6)
     assert fitted["memory_activation_scale"].value == pytest.approx(2.0, rel=1e-6)  # fp32 activations, as assumed
+    assert fitted["memory_overhead_bytes"].value == pytest.approx(TRUE_WORKING_SET, rel=1e-6)
     assert np.max(np.abs(result.step_error_after)) < 1e-3 < np.median(np.abs(result.step_error_before))
     assert np.max(np.abs(result.memory_error_after)) < 1e-6
     assert result.profile.efficiency == result.efficiency and result.profile.calibration is not None

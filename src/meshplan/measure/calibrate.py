@@ -4,8 +4,8 @@ Step time: least squares on log(predicted / measured) (scipy's trust-region refl
 10% miss weighs the same on a fast and a slow strategy. The parameters are factors of `Efficiency`, as many as
 the runs can inform: the GEMM factor (achieved / profiled FLOP/s in training), then the link bandwidth factor,
 then the attention-kernel ratio and the ridge factor (how fast small GEMMs fall off). Peak memory: linear least
-squares on relative error of measured = a·(weights + gradients + optimizer states) + b·(activations + logits),
-the cost model's own terms. One standard error per parameter from the Jacobian (cov = s²·(JᵀJ)⁻¹).
+squares on relative error of measured = a·(weights + gradients + optimizer states) + b·(activations + logits) + c,
+the cost model's own terms and its per-device constant. One standard error per parameter from the Jacobian (cov = s²·(JᵀJ)⁻¹).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import numpy as np
-from scipy.optimize import least_squares
+from scipy.optimize import least_squares, lsq_linear
 
 from meshplan.calibrate.fit import FitResult, fit_efficiency, published_measurements
 from meshplan.cost.efficiency import Efficiency, default_efficiency
@@ -128,19 +128,8 @@ def calibrate(runs: Sequence[RunRecord], profile: HardwareProfile, start: Effici
     stderr = _stderr(sol.jac, sol.fun, len(names))  # the prior rows count as observations of the factors
     fitted = [Fitted(n, float(v), float(e)) for n, v, e in zip(names, sol.x, stderr)]
 
-    # memory: measured ≈ a·states + b·acts of the unscaled model (divide the starting scales back out)
-    base_states = states / start.memory_state_scale
-    base_acts = acts / start.memory_activation_scale
-    design = np.stack([base_states, base_acts], axis=1) / measured_mem[:, None]
-    if len(ok) >= 2 and np.linalg.matrix_rank(design) == 2:
-        coef, *_ = np.linalg.lstsq(design, np.ones(len(ok)), rcond=None)
-        coef = np.clip(coef, 1e-3, None)
-        mem_err = _stderr(design, design @ coef - 1.0, 2)
-        fitted += [Fitted("memory_state_scale", float(coef[0]), float(mem_err[0])),
-                   Fitted("memory_activation_scale", float(coef[1]), float(mem_err[1]))]
-        memory_update = {"memory_state_scale": float(coef[0]), "memory_activation_scale": float(coef[1])}
-    else:
-        memory_update = {}
+    memory_fitted, memory_update = _fit_memory(states, acts, before_peak - states - acts, measured_mem, start)
+    fitted += memory_fitted
     when = datetime.now(UTC).isoformat(timespec="seconds")
     values = {f.name: f.value for f in fitted if f.name in names}
     eff = _with(start, values)
@@ -151,6 +140,29 @@ def calibrate(runs: Sequence[RunRecord], profile: HardwareProfile, start: Effici
                          after_step / measured_step - 1.0, before_peak / measured_mem - 1.0,
                          after_peak / measured_mem - 1.0, len(ok))
     return replace(result, profile=calibrated_profile(fitted_profile, result))
+
+
+def _fit_memory(states: np.ndarray, acts: np.ndarray, constant: np.ndarray, measured: np.ndarray,
+                start: Efficiency) -> tuple[list[Fitted], dict[str, float]]:
+    """measured ≈ a·states + b·acts + c of the unscaled model (the starting scales divided back out), least squares
+    on relative error, a, b, c >= 0. c (bytes per device) is the step's working set that the model's terms do not
+    hold: optimizer-step temporaries, the loss's copies of the logits, pipeline send/receive buffers. It needs runs
+    that tell the three apart; with fewer, c keeps its starting value (`constant`) and only a and b are fitted."""
+    unit = float(np.median(measured))  # bytes: the constant's column is of order 1, as the others
+    base = [states / start.memory_state_scale, acts / start.memory_activation_scale, np.full_like(measured, unit)]
+    names = ["memory_state_scale", "memory_activation_scale", "memory_overhead_bytes"]
+    for k in (3, 2):
+        target = measured if k == 3 else measured - constant
+        design = np.stack(base[:k], axis=1) / measured[:, None]
+        if len(measured) < k or np.linalg.matrix_rank(design) < k or np.any(target <= 0):
+            continue
+        lower = np.array([1e-3, 1e-3, 0.0][:k])
+        sol = lsq_linear(design, target / measured, bounds=(lower, np.inf), method="bvls")
+        err = _stderr(design, design @ sol.x - target / measured, k)
+        scale = np.array([1.0, 1.0, unit][:k])
+        return ([Fitted(n, float(v), float(e)) for n, v, e in zip(names, sol.x * scale, err * scale)],
+                {n: float(v) for n, v in zip(names, sol.x * scale)})
+    return [], {}
 
 
 def _stderr(jac: np.ndarray, resid: np.ndarray, num_params: int) -> np.ndarray:
