@@ -36,6 +36,11 @@ BOUNDS = {"gemm": (0.05, 3.0), "link_latency_s": (0.0, 0.05), "pp_bubble_hidden"
 # Weak prior: a factor moves freely within ~PRIOR_SPREAD x its profiled value (or a quarter of its range when that
 # value is 0) before the pull back costs as much as a 100% step-time error.
 PRIOR_SPREAD = 3.0  # dimensionless
+# The memory-state scale may move ~5% from the profile's value (bytes/param of the training dtype and optimizer)
+# before the pull back costs as much as a 5% memory error.
+STATE_SPREAD = 0.05  # dimensionless
+# The activation scale may move ~50% (the model's per-layer count is Megatron's, the executor's kernels differ).
+ACTIVATION_SPREAD = 0.5  # dimensionless
 # Parameters in the order more runs unlock them: (minimum successful runs, name).
 STEP_PARAMETERS = ((1, "gemm"), (3, "link_latency_s"), (4, "pp_bubble_hidden"), (6, "intra_node_bandwidth"),
                    (7, "dp_overlap"), (9, "attention_ratio"), (11, "ridge_factor"))
@@ -145,20 +150,27 @@ def calibrate(runs: Sequence[RunRecord], profile: HardwareProfile, start: Effici
 def _fit_memory(states: np.ndarray, acts: np.ndarray, constant: np.ndarray, measured: np.ndarray,
                 start: Efficiency) -> tuple[list[Fitted], dict[str, float]]:
     """measured ≈ a·states + b·acts + c of the unscaled model (the starting scales divided back out), least squares
-    on relative error, a, b, c >= 0. c (bytes per device) is the step's working set that the model's terms do not
-    hold: optimizer-step temporaries, the loss's copies of the logits, pipeline send/receive buffers. It needs runs
-    that tell the three apart; with fewer, c keeps its starting value (`constant`) and only a and b are fitted."""
+    on relative error, a, b, c >= 0. a and b are held near their starting values (STATE_SPREAD, ACTIVATION_SPREAD):
+    the bytes per parameter of weights, gradients and optimizer states follow from the training dtype and the
+    optimizer, the bytes per activation from the dtype, and free, they trade themselves against c. c (bytes per device) is the step's working set that the model's terms do not hold:
+    optimizer-step temporaries, the loss's copies of the logits, pipeline and FSDP buffers. It needs runs that tell
+    the three apart; with fewer, c keeps its starting value (`constant`) and only a and b are fitted."""
     unit = float(np.median(measured))  # bytes: the constant's column is of order 1, as the others
     base = [states / start.memory_state_scale, acts / start.memory_activation_scale, np.full_like(measured, unit)]
     names = ["memory_state_scale", "memory_activation_scale", "memory_overhead_bytes"]
+    a0, b0 = start.memory_state_scale, start.memory_activation_scale
     for k in (3, 2):
         target = measured if k == 3 else measured - constant
         design = np.stack(base[:k], axis=1) / measured[:, None]
         if len(measured) < k or np.linalg.matrix_rank(design) < k or np.any(target <= 0):
             continue
-        lower = np.array([1e-3, 1e-3, 0.0][:k])
-        sol = lsq_linear(design, target / measured, bounds=(lower, np.inf), method="bvls")
-        err = _stderr(design, design @ sol.x - target / measured, k)
+        # prior rows (x - x0) / (spread·x0) for a and b
+        prior = np.zeros((2, k))
+        prior[0, 0], prior[1, 1] = 1.0 / (STATE_SPREAD * a0), 1.0 / (ACTIVATION_SPREAD * b0)
+        rows = np.vstack([design, prior])
+        rhs = np.r_[target / measured, 1.0 / STATE_SPREAD, 1.0 / ACTIVATION_SPREAD]
+        sol = lsq_linear(rows, rhs, bounds=(np.array([1e-3, 1e-3, 0.0][:k]), np.inf), method="bvls")
+        err = _stderr(rows, rows @ sol.x - rhs, k)
         scale = np.array([1.0, 1.0, unit][:k])
         return ([Fitted(n, float(v), float(e)) for n, v, e in zip(names, sol.x * scale, err * scale)],
                 {n: float(v) for n, v in zip(names, sol.x * scale)})
