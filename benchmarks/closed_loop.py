@@ -1,6 +1,7 @@
 """Close the loop on this machine: profile, run every valid strategy, calibrate, tune — and print the errors.
 
     .venv/bin/python benchmarks/closed_loop.py [--nproc 4] [--steps 5] [--budget 5] [--out-dir DIR]
+    .venv/bin/python benchmarks/closed_loop.py --reuse DIR   # DIR's profile and sweep; calibration and tune anew
 
 1. `meshplan profile` on N processes (GEMM curve, memory bandwidth, α-β of gloo collectives).
 2. Every valid strategy of `small-20m` (~19M parameters; global batch 4 x 128 tokens) that the executor runs,
