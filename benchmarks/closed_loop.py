@@ -1,6 +1,7 @@
 """Close the loop on this machine: profile, run every valid strategy, calibrate, tune — and print the errors.
 
     .venv/bin/python benchmarks/closed_loop.py [--nproc 4] [--steps 5] [--budget 5] [--out-dir DIR]
+    .venv/bin/python benchmarks/closed_loop.py --reuse DIR   # DIR's profile and sweep; calibration and tune anew
 
 1. `meshplan profile` on N processes (GEMM curve, memory bandwidth, α-β of gloo collectives).
 2. Every valid strategy of `small-20m` (~19M parameters; global batch 4 x 128 tokens) that the executor runs,
@@ -66,12 +67,16 @@ def main() -> int:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--hardware", type=Path, default=None, help="reuse a profile instead of measuring one")
     parser.add_argument("--out-dir", type=Path, default=Path(tempfile.mkdtemp(prefix="closed-loop-")))
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="an earlier --out-dir: reuse its profile and measured sweep, redo calibration and tune")
     args = parser.parse_args()
     started = time.perf_counter()
     load = os.getloadavg()
     print(f"machine: {os.cpu_count()} logical cores, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at start")
 
-    if args.hardware is None:
+    if args.reuse is not None:
+        hw_path = args.reuse / "hw.json"
+    elif args.hardware is None:
         hw_path = args.out_dir / "hw.json"
         write_profile(measure(args.nproc), hw_path)
     else:
@@ -98,9 +103,16 @@ def main() -> int:
 
         # every candidate, in a shuffled order (seeded): a drift of the machine's load over the sweep then does not
         # line up with the predicted ranking
-        todo = candidates(job, profile)
-        random.Random(0).shuffle(todo)
-        records = run_and_store(job, todo, profile, store, "closed-loop", "measured profile", on_result=show)
+        if args.reuse is None:
+            todo = candidates(job, profile)
+            random.Random(0).shuffle(todo)
+            records = run_and_store(job, todo, profile, store, "closed-loop", "measured profile", on_result=show)
+        else:
+            with Store(args.reuse / "measurements.db") as earlier:
+                records = earlier.records(hardware_fingerprint=profile.fingerprint, session="closed-loop")
+            print(f"reused the sweep measured earlier in {args.reuse} (its runs as they were printed then):")
+            for r in records:
+                show(r)
         summary = summarise(records)
     ok = [r for r in records if r.status == "ok"]
     print(f"{len(records)} strategies, {summary.num_ok} measured, {summary.num_failed} failed")

@@ -15,15 +15,8 @@ from importlib import resources
 
 import numpy as np
 
-from meshplan.calibrate.fit import Measurement, fit_efficiency
-from meshplan.calibrate.published import load_published_runs
+from meshplan.calibrate.fit import fit_efficiency, published_measurements
 from meshplan.cost.efficiency import default_efficiency
-
-
-def published_measurements(include_uncertain: bool = False) -> list[Measurement]:
-    runs, _ = load_published_runs()
-    return [Measurement(r.id, r.model, r.cluster, r.workload, r.strategy, r.measured_tokens_per_s_per_gpu)
-            for r in runs if include_uncertain or "UNCERTAIN" not in r.notes]
 
 
 def main() -> int:

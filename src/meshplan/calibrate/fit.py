@@ -57,6 +57,15 @@ _UNIT: dict[str, float] = {}
 ROBUST_SCALE = 0.15  # log-error where the soft-L1 loss turns linear
 
 
+def published_measurements(include_uncertain: bool = False) -> list[Measurement]:
+    """The published training runs shipped with meshplan, as measurements (rows marked UNCERTAIN left out)."""
+    from meshplan.calibrate.published import load_published_runs
+
+    runs, _ = load_published_runs()
+    return [Measurement(r.id, r.model, r.cluster, r.workload, r.strategy, r.measured_tokens_per_s_per_gpu)
+            for r in runs if include_uncertain or not r.uncertain]
+
+
 def predict(runs: Sequence[Measurement], eff: Efficiency) -> np.ndarray:
     """Predicted tokens/s per GPU of each run."""
     out = np.empty(len(runs))

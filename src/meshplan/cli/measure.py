@@ -224,12 +224,28 @@ def calibrate_cmd(
     db: DbOpt = None,
     model: Annotated[str | None, Opt(help="Use only the runs of this model (default: all runs of this hardware).")] = None,
     out: Annotated[Path | None, Opt(help="Where to write the calibrated profile (default: HARDWARE with "
-                                            ".calibrated.json).")] = None,
+                                            ".calibrated.json); with --published and no --hardware, the fitted "
+                                            "factors (JSON, as meshplan/data/efficiency/training.json).")] = None,
+    published: Annotated[bool, Opt("--published", help="Also fit the datasheet layer's factors to the published "
+                                                       "training runs shipped with meshplan.")] = False,
 ) -> None:
-    """Fit the cost model's factors to the stored runs of this hardware; write a calibrated profile."""
-    from meshplan.measure.calibrate import calibrate
-    from meshplan.measure.hardware import write_profile
+    """Fit the cost model's factors to the stored runs of this hardware (and/or the published runs); write the result."""
+    from meshplan.measure.calibrate import calibrate, calibrate_published, with_published
+    from meshplan.measure.hardware import write_atomic, write_profile
 
+    console = _console()
+    if published:
+        fit = calibrate_published()
+        _published_table(console, fit)
+        if hardware is None:
+            if out is not None:
+                try:
+                    write_atomic(fit.efficiency.model_dump_json(indent=2) + "\n", out)
+                except OSError as exc:
+                    _fail(f"cannot write {out}: {exc.strerror}; choose another --out")
+                    return
+                _err().print(f"wrote {escape(str(out))}", highlight=False)
+            return
     try:
         profile = _profile(hardware)
         if db is not None and not db.exists():  # reading must not leave an empty store behind
@@ -244,28 +260,38 @@ def calibrate_cmd(
         result = calibrate(runs, profile)
         assert hardware is not None
         target = out or hardware.with_name(hardware.name.removesuffix(".json") + ".calibrated.json")
-        write_profile(result.profile, target)
+        write_profile(with_published(result.profile, fit) if published else result.profile, target)
     except PlanError as exc:
         _fail(str(exc))
         return
-    console = _console()
     t = Table(title=f"fitted to {result.num_runs} runs of hardware {profile.fingerprint}", title_justify="left")
     for col in ("factor", "value", "± 1 s.e."):
         t.add_column(col, justify="left" if col == "factor" else "right")
     for f in result.fitted:
         t.add_row(f.name, f"{f.value:.4g}", f"{f.stderr:.2g}")
     console.print(t)
-
-    def stats(e: Any) -> str:
-        import numpy as np
-
-        return f"median {float(np.median(np.abs(e))):.1%}, max {float(np.max(np.abs(e))):.1%}"
-
-    console.print(f"step time |error|: before {stats(result.step_error_before)}; after {stats(result.step_error_after)}",
+    console.print(f"step time |error|: before {_stats(result.step_error_before)}; after {_stats(result.step_error_after)}",
                   highlight=False)
-    console.print(f"peak memory |error|: before {stats(result.memory_error_before)}; after "
-                  f"{stats(result.memory_error_after)}", highlight=False)
+    console.print(f"peak memory |error|: before {_stats(result.memory_error_before)}; after "
+                  f"{_stats(result.memory_error_after)}", highlight=False)
     _err().print(f"wrote {escape(str(target))}", highlight=False)
+
+
+def _stats(e: Any) -> str:
+    import numpy as np
+
+    return f"median {float(np.median(np.abs(e))):.1%}, max {float(np.max(np.abs(e))):.1%}"
+
+
+def _published_table(console: Console, fit: Any) -> None:
+    t = Table(title=f"fitted to {len(fit.error_after)} published training runs (datasheet layer)", title_justify="left")
+    for col in ("factor", "value", "± 1 s.e."):
+        t.add_column(col, justify="left" if col == "factor" else "right")
+    for name, value, err in zip(fit.names, fit.values, fit.stderr):
+        t.add_row(name, f"{value:.4g}", f"{err:.2g}")
+    console.print(t)
+    console.print(f"tokens/s per GPU |error|: before {_stats(fit.error_before)}; after {_stats(fit.error_after)}",
+                  highlight=False)
 
 
 def load_name(model: str) -> str:

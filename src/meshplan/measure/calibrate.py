@@ -4,8 +4,8 @@ Step time: least squares on log(predicted / measured) (scipy's trust-region refl
 10% miss weighs the same on a fast and a slow strategy. The parameters are factors of `Efficiency`, as many as
 the runs can inform: the GEMM factor (achieved / profiled FLOP/s in training), then the link bandwidth factor,
 then the attention-kernel ratio and the ridge factor (how fast small GEMMs fall off). Peak memory: linear least
-squares on relative error of measured = a·(weights + gradients + optimizer states) + b·(activations + logits),
-the cost model's own terms. One standard error per parameter from the Jacobian (cov = s²·(JᵀJ)⁻¹).
+squares on relative error of measured = a·(weights + gradients + optimizer states) + b·(activations + logits) + c,
+the cost model's own terms and its per-device constant. One standard error per parameter from the Jacobian (cov = s²·(JᵀJ)⁻¹).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import numpy as np
-from scipy.optimize import least_squares
+from scipy.optimize import least_squares, lsq_linear
 
-from meshplan.cost.efficiency import Efficiency
+from meshplan.calibrate.fit import FitResult, fit_efficiency, published_measurements
+from meshplan.cost.efficiency import Efficiency, default_efficiency
 from meshplan.cost.training import training_cost
 from meshplan.errors import PlanError
 from meshplan.measure.hardware import HardwareProfile, local_cluster, profile_efficiency
@@ -35,6 +36,11 @@ BOUNDS = {"gemm": (0.05, 3.0), "link_latency_s": (0.0, 0.05), "pp_bubble_hidden"
 # Weak prior: a factor moves freely within ~PRIOR_SPREAD x its profiled value (or a quarter of its range when that
 # value is 0) before the pull back costs as much as a 100% step-time error.
 PRIOR_SPREAD = 3.0  # dimensionless
+# The memory-state scale may move ~5% from the profile's value (bytes/param of the training dtype and optimizer)
+# before the pull back costs as much as a 5% memory error.
+STATE_SPREAD = 0.05  # dimensionless
+# The activation scale may move ~50% (the model's per-layer count is Megatron's, the executor's kernels differ).
+ACTIVATION_SPREAD = 0.5  # dimensionless
 # Parameters in the order more runs unlock them: (minimum successful runs, name).
 STEP_PARAMETERS = ((1, "gemm"), (3, "link_latency_s"), (4, "pp_bubble_hidden"), (6, "intra_node_bandwidth"),
                    (7, "dp_overlap"), (9, "attention_ratio"), (11, "ridge_factor"))
@@ -127,19 +133,8 @@ def calibrate(runs: Sequence[RunRecord], profile: HardwareProfile, start: Effici
     stderr = _stderr(sol.jac, sol.fun, len(names))  # the prior rows count as observations of the factors
     fitted = [Fitted(n, float(v), float(e)) for n, v, e in zip(names, sol.x, stderr)]
 
-    # memory: measured ≈ a·states + b·acts of the unscaled model (divide the starting scales back out)
-    base_states = states / start.memory_state_scale
-    base_acts = acts / start.memory_activation_scale
-    design = np.stack([base_states, base_acts], axis=1) / measured_mem[:, None]
-    if len(ok) >= 2 and np.linalg.matrix_rank(design) == 2:
-        coef, *_ = np.linalg.lstsq(design, np.ones(len(ok)), rcond=None)
-        coef = np.clip(coef, 1e-3, None)
-        mem_err = _stderr(design, design @ coef - 1.0, 2)
-        fitted += [Fitted("memory_state_scale", float(coef[0]), float(mem_err[0])),
-                   Fitted("memory_activation_scale", float(coef[1]), float(mem_err[1]))]
-        memory_update = {"memory_state_scale": float(coef[0]), "memory_activation_scale": float(coef[1])}
-    else:
-        memory_update = {}
+    memory_fitted, memory_update = _fit_memory(states, acts, before_peak - states - acts, measured_mem, start)
+    fitted += memory_fitted
     when = datetime.now(UTC).isoformat(timespec="seconds")
     values = {f.name: f.value for f in fitted if f.name in names}
     eff = _with(start, values)
@@ -150,6 +145,36 @@ def calibrate(runs: Sequence[RunRecord], profile: HardwareProfile, start: Effici
                          after_step / measured_step - 1.0, before_peak / measured_mem - 1.0,
                          after_peak / measured_mem - 1.0, len(ok))
     return replace(result, profile=calibrated_profile(fitted_profile, result))
+
+
+def _fit_memory(states: np.ndarray, acts: np.ndarray, constant: np.ndarray, measured: np.ndarray,
+                start: Efficiency) -> tuple[list[Fitted], dict[str, float]]:
+    """measured ≈ a·states + b·acts + c of the unscaled model (the starting scales divided back out), least squares
+    on relative error, a, b, c >= 0. a and b are held near their starting values (STATE_SPREAD, ACTIVATION_SPREAD):
+    the bytes per parameter of weights, gradients and optimizer states follow from the training dtype and the
+    optimizer, the bytes per activation from the dtype, and free, they trade themselves against c. c (bytes per device) is the step's working set that the model's terms do not hold:
+    optimizer-step temporaries, the loss's copies of the logits, pipeline and FSDP buffers. It needs runs that tell
+    the three apart; with fewer, c keeps its starting value (`constant`) and only a and b are fitted."""
+    unit = float(np.median(measured))  # bytes: the constant's column is of order 1, as the others
+    base = [states / start.memory_state_scale, acts / start.memory_activation_scale, np.full_like(measured, unit)]
+    names = ["memory_state_scale", "memory_activation_scale", "memory_overhead_bytes"]
+    a0, b0 = start.memory_state_scale, start.memory_activation_scale
+    for k in (3, 2):
+        target = measured if k == 3 else measured - constant
+        design = np.stack(base[:k], axis=1) / measured[:, None]
+        if len(measured) < k or np.linalg.matrix_rank(design) < k or np.any(target <= 0):
+            continue
+        # prior rows (x - x0) / (spread·x0) for a and b
+        prior = np.zeros((2, k))
+        prior[0, 0], prior[1, 1] = 1.0 / (STATE_SPREAD * a0), 1.0 / (ACTIVATION_SPREAD * b0)
+        rows = np.vstack([design, prior])
+        rhs = np.r_[target / measured, 1.0 / STATE_SPREAD, 1.0 / ACTIVATION_SPREAD]
+        sol = lsq_linear(rows, rhs, bounds=(np.array([1e-3, 1e-3, 0.0][:k]), np.inf), method="bvls")
+        err = _stderr(rows, rows @ sol.x - rhs, k)
+        scale = np.array([1.0, 1.0, unit][:k])
+        return ([Fitted(n, float(v), float(e)) for n, v, e in zip(names, sol.x * scale, err * scale)],
+                {n: float(v) for n, v in zip(names, sol.x * scale)})
+    return [], {}
 
 
 def _stderr(jac: np.ndarray, resid: np.ndarray, num_params: int) -> np.ndarray:
@@ -169,3 +194,22 @@ def calibrated_profile(profile: HardwareProfile, result: Calibration) -> Hardwar
         "max_abs_memory_error_before": float(np.max(np.abs(result.memory_error_before))),
         "max_abs_memory_error_after": float(np.max(np.abs(result.memory_error_after))),
     }})
+
+
+def calibrate_published() -> FitResult:
+    """Fit the datasheet layer's factors (GEMM efficiency per GPU architecture, attention, fp8, TP overlap) to the
+    published training runs shipped with meshplan, from the shipped factors. They share no factor with a local
+    profile's fit: those describe other hardware (the local device) and are fitted to its own runs."""
+    runs = published_measurements()
+    return fit_efficiency(runs, default_efficiency(), source=f"fitted to {len(runs)} published training runs "
+                                                             "(meshplan calibrate --published)")
+
+
+def with_published(profile: HardwareProfile, fit: FitResult) -> HardwareProfile:
+    """The profile with the published fit recorded next to its own calibration (for the record; planning with
+    this profile uses the local factors)."""
+    record = {"runs": len(fit.error_after),
+              "fitted": {n: {"value": float(v), "stderr": float(e)} for n, v, e in zip(fit.names, fit.values, fit.stderr)},
+              "median_abs_error_before": float(np.median(np.abs(fit.error_before))),
+              "median_abs_error_after": float(np.median(np.abs(fit.error_after)))}
+    return profile.model_copy(update={"calibration": {**(profile.calibration or {}), "published": record}})

@@ -169,14 +169,19 @@ def load_profile(path: Path | str) -> HardwareProfile:
 
 
 def write_profile(profile: HardwareProfile, path: Path | str) -> None:
-    """Write atomically: a temporary file beside the target, then `os.replace`; an interruption leaves the old file
-    (or none), never half of one."""
+    """Write atomically (see `write_atomic`)."""
+    write_atomic(profile.model_dump_json(indent=2), path)
+
+
+def write_atomic(text: str, path: Path | str) -> None:
+    """A temporary file beside the target, then `os.replace`: an interruption leaves the old file (or none), never
+    half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(profile.model_dump_json(indent=2))
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
