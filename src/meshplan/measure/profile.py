@@ -41,6 +41,7 @@ from meshplan.measure.hardware import (
     LinkTier,
     device_fingerprint,
 )
+from meshplan.run.launch import kill_group
 from meshplan.specs.gpu import Architecture
 
 ProgressFn = Callable[[int, int], None]
@@ -97,7 +98,7 @@ def _launch(plan: dict[str, Any], nproc: int, progress: ProgressFn | None, timeo
                 time.sleep(0.2)
         finally:  # an interrupt (Ctrl-C) or a timeout ends the whole launch; nothing is written
             if proc.poll() is None:
-                _stop(proc)
+                kill_group(proc)
         stderr = proc.stderr.read() if proc.stderr else ""
         raw_path = out / "raw.json"
         if proc.returncode != 0 or not raw_path.exists():
@@ -105,19 +106,6 @@ def _launch(plan: dict[str, Any], nproc: int, progress: ProgressFn | None, timeo
             cause = errors[0].read_text().splitlines()[1] if errors else " | ".join(stderr.strip().splitlines()[-2:])
             raise ProfileFailed(f"the microbenchmarks failed (exit status {proc.returncode}): {cause}")
         return json.loads(raw_path.read_text())
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    import signal
-
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-    except (ProcessLookupError, PermissionError):
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def fit_flops_curve(points: list[GemmPoint]) -> FlopsCurve:

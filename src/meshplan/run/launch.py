@@ -177,11 +177,11 @@ def launch_many(configs: list[RunConfig], nproc: int, *, reference: bool = True,
         try:
             _, stderr = proc.communicate(timeout=limit)
         except subprocess.TimeoutExpired:
-            _kill(proc)
+            kill_group(proc)
             raise RunFailed(f"the run did not finish within {limit:.0f} s and was killed; stuck: "
                             f"{_stuck_ranks(out, nproc)}") from None
         finally:
-            _kill(proc)
+            kill_group(proc)
         done = [out / f"result-{i}.json" for i in range(len(configs))]
         if proc.returncode != 0 or not all(p.exists() for p in done):
             if os.environ.get("MESHPLAN_RUN_STDERR"):  # keep the launch's whole stderr for a post-mortem
@@ -193,7 +193,7 @@ def launch_many(configs: list[RunConfig], nproc: int, *, reference: bool = True,
         return [_summarise(cfg, json.loads(p.read_text()), ref) for cfg, p, ref in zip(configs, done, refs)]
 
 
-def _kill(proc: subprocess.Popen[str]) -> None:
+def kill_group(proc: subprocess.Popen[str]) -> None:
     """Terminate the launch's whole process group (torchrun and every rank), then make sure."""
     if proc.poll() is not None:
         try:

@@ -28,7 +28,6 @@ from meshplan.cost.memory import ACT_BYTES
 from meshplan.cost.nonuniform import NUM_OPTIONS, LayerCostTable, PricedPlans, fits, layer_cost_table, step_time
 from meshplan.errors import PlanError
 from meshplan.search.base import SearchRequest
-from meshplan.search.encoding import Tracker
 from meshplan.search.exhaustive import search_exhaustive
 from meshplan.search.nonuniform import (
     DpSolution,
@@ -188,9 +187,7 @@ def search_hetero(request: SearchRequest, clusters: list[ClusterSpec], algorithm
                   evaluations: int = 20_000, seed: int = 0, cross_bytes_per_s: float | None = None) -> HeteroResult:
     """`request.cluster` is the whole cluster (its GPU type: the first group's) for the validity rules; the
     groups' own GPUs price the stages."""
-    from meshplan.search.genetic import GeneticOptions, search_genetic
-    from meshplan.search.nonuniform_search import plan_space
-    from meshplan.search.policy_gradient import PolicyGradientOptions, search_policy_gradient
+    from meshplan.search.nonuniform_search import plan_space, search_stochastic
 
     tables = hetero_tables(request, clusters, max_bases, cross_bytes_per_s)
     limit = min(c.gpu.hbm_bytes for c in clusters) * (1.0 - request.memory_headroom)
@@ -210,11 +207,7 @@ def search_hetero(request: SearchRequest, clusters: list[ClusterSpec], algorithm
                 history.append((spent, time.perf_counter() - started, best.tokens_per_s))
         return HeteroResult(best, best_table, best_uniform, spent, time.perf_counter() - started, tables, history)
     space = plan_space(tables, limit)
-    tracker: Tracker
-    if algorithm == "genetic":
-        tracker = search_genetic(space, GeneticOptions(evaluations=evaluations, seed=seed))
-    else:
-        tracker = search_policy_gradient(space, PolicyGradientOptions(evaluations=evaluations, seed=seed))
+    tracker = search_stochastic(space, algorithm, evaluations, seed)
     plan = space.best_plan(tracker)
     chosen = tables[tracker.best[0]] if plan is not None and tracker.best is not None else None
     return HeteroResult(plan, chosen, best_uniform, tracker.evaluations, time.perf_counter() - started, tables,

@@ -80,6 +80,13 @@ def _best(plans: list[NonUniformPlan | None], limit: float) -> NonUniformPlan | 
     return max(fitting, key=lambda p: p.tokens_per_s) if fitting else None
 
 
+def search_stochastic(space: PlanSpace, algorithm: str, evaluations: int, seed: int) -> Tracker:
+    """The genetic or the policy-gradient searcher over a plan space (the two behind one call)."""
+    if algorithm == "genetic":
+        return search_genetic(space, GeneticOptions(evaluations=evaluations, seed=seed))
+    return search_policy_gradient(space, PolicyGradientOptions(evaluations=evaluations, seed=seed))
+
+
 def search_nonuniform(request: SearchRequest, algorithm: Algorithm = "dp", max_bases: int = DEFAULT_BASES,
                       evaluations: int = 20_000, seed: int = 0) -> NonUniformResult:
     tables, uniform = candidate_tables(request, max_bases)
@@ -101,11 +108,7 @@ def search_nonuniform(request: SearchRequest, algorithm: Algorithm = "dp", max_b
         return NonUniformResult(algorithm, best, best_uniform, uniform, spent, time.perf_counter() - started,
                                 history, [t.strategy for t in tables])
     space = plan_space(tables, limit)
-    tracker: Tracker
-    if algorithm == "genetic":
-        tracker = search_genetic(space, GeneticOptions(evaluations=evaluations, seed=seed))
-    else:
-        tracker = search_policy_gradient(space, PolicyGradientOptions(evaluations=evaluations, seed=seed))
+    tracker = search_stochastic(space, algorithm, evaluations, seed)
     return NonUniformResult(algorithm, space.best_plan(tracker), best_uniform, uniform, tracker.evaluations,
                             time.perf_counter() - started, tracker.history, [t.strategy for t in tables])
 
