@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class PlanError(ValueError):
@@ -17,3 +21,10 @@ def suggest(name: str, choices: Iterable[str], limit: int = 3) -> str:
     if not close:
         return ""
     return " Did you mean: " + ", ".join(lowered[c] for c in close) + "?"
+
+
+def first_error(exc: ValidationError) -> tuple[str, str, Any]:
+    """Where (dotted field path), what (pydantic's message) and the value of a validation's first error: the
+    parts every one-line message about bad input is made of."""
+    err = exc.errors()[0]
+    return ".".join(str(p) for p in err["loc"]), str(err["msg"]), err.get("input")

@@ -10,7 +10,7 @@ from pydantic import Field, ValidationError
 from meshplan.cost.efficiency import Efficiency, default_efficiency
 from meshplan.cost.memory import num_microbatches
 from meshplan.cost.training import BREAKDOWN_SOURCES, TrainingCost, training_cost
-from meshplan.errors import PlanError
+from meshplan.errors import PlanError, first_error
 from meshplan.specs import ClusterSpec, ModelSpec, TrainWorkload, load_gpu, load_model, make_cluster
 from meshplan.specs.base import Frozen
 from meshplan.specs.workload import Precision
@@ -147,11 +147,9 @@ class Estimate(Frozen):
 
 
 def _one_line(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "input"
-    value = err.get("input")
+    where, msg, value = first_error(exc)
     shown = "" if isinstance(value, dict) else f"={value!r}"
-    return f"{where}{shown}: {err['msg']}"
+    return f"{where or 'input'}{shown}: {msg}"
 
 
 def parse_request(fields: dict[str, Any]) -> EstimateRequest:

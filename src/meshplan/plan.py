@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from meshplan.cost.efficiency import Efficiency
-from meshplan.errors import PlanError
+from meshplan.errors import PlanError, first_error
 from meshplan.estimator import Estimate
 from meshplan.specs import ClusterSpec, GpuSpec, ModelSpec, TrainWorkload
 from meshplan.specs.base import Frozen
@@ -120,9 +120,8 @@ def read_plan(path: Path) -> Plan:
     try:
         return Plan.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise PlanError(f"plan file {str(path)!r}: {where}: {err['msg']}; re-create the plan with `meshplan plan --out`") from None
+        where, msg, _ = first_error(exc)
+        raise PlanError(f"plan file {str(path)!r}: {where}: {msg}; re-create the plan with `meshplan plan --out`") from None
 
 
 def reprice(plan: Plan) -> Estimate:
@@ -153,6 +152,5 @@ def read_serving_plan(path: Path) -> ServingPlan:
     try:
         return ServingPlan.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise PlanError(f"plan file {str(path)!r}: {where}: {err['msg']}; re-create it with `meshplan serve --out`") from None
+        where, msg, _ = first_error(exc)
+        raise PlanError(f"plan file {str(path)!r}: {where}: {msg}; re-create it with `meshplan serve --out`") from None

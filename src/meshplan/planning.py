@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError
 
 from meshplan import __version__
-from meshplan.errors import PlanError
+from meshplan.errors import PlanError, first_error
 from meshplan.estimator import JobRequest, estimate_from_cost
 from meshplan.plan import Plan
 from meshplan.search.base import Objective, SearchRequest, SearchResult
@@ -64,9 +64,8 @@ def parse_plan_request(fields: dict[str, Any]) -> PlanRequest:
     try:
         req = PlanRequest.model_validate(fields)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise PlanError(f"{where}={err.get('input')!r}: {err['msg']}; fix that value") from None
+        where, msg, value = first_error(exc)
+        raise PlanError(f"{where}={value!r}: {msg}; fix that value") from None
     if req.objective == "min-gpus" and req.target_tokens_per_s is None:
         raise PlanError("--objective min-gpus needs --target-tokens-per-s (the throughput to reach)")
     if req.gpu_hour_price is not None and req.train_tokens is None:

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from meshplan.cli.main import Opt, _fail
-from meshplan.errors import PlanError
+from meshplan.errors import PlanError, first_error
 
 HardwareReq = Annotated[Path | None, Opt(help="Hardware profile written by `meshplan profile --out`.")]
 DbOpt = Annotated[Path | None, Opt(help="Measurement store (default: $XDG_DATA_HOME/meshplan/measurements.db).")]
@@ -120,8 +120,8 @@ def _job(model: str | None, nproc: int, global_batch: int, seq_len: int, steps: 
         return LocalJob(model=load_local_model(model), num_processes=nproc, global_batch=global_batch, seq_len=seq_len,
                         steps=steps, timeout_s=timeout, axes=axes)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise PlanError(f"{'.'.join(map(str, err['loc']))}={err.get('input')!r}: {err['msg']}; fix that value") from None
+        where, msg, value = first_error(exc)
+        raise PlanError(f"{where}={value!r}: {msg}; fix that value") from None
 
 
 def _profile(hardware: Path | None) -> Any:

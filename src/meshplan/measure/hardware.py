@@ -20,7 +20,7 @@ from pydantic import Field, ValidationError
 
 from meshplan.cost.efficiency import HBM_EFFICIENCY, Efficiency
 from meshplan.cost.memory import ACT_BYTES, GRAD_BYTES, OPTIMIZER_BYTES, WEIGHT_BYTES
-from meshplan.errors import PlanError
+from meshplan.errors import PlanError, first_error
 from meshplan.specs.base import Frozen
 from meshplan.specs.cluster import ClusterSpec
 from meshplan.specs.gpu import Architecture, GpuSpec
@@ -159,9 +159,8 @@ def load_profile(path: Path | str) -> HardwareProfile:
     try:
         profile = HardwareProfile.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise PlanError(f"hardware profile {str(path)!r} is damaged: {where}: {err['msg']}; {fix}") from None
+        where, msg, _ = first_error(exc)
+        raise PlanError(f"hardware profile {str(path)!r} is damaged: {where}: {msg}; {fix}") from None
     if device_fingerprint(profile.device) != profile.fingerprint:
         raise PlanError(f"hardware profile {str(path)!r} has a fingerprint that does not match its device description "
                         f"(edited or damaged); {fix}")

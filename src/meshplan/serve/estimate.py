@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
-from meshplan.errors import PlanError
+from meshplan.errors import PlanError, first_error
 from meshplan.serve.capacity import capacity
 from meshplan.serve.context import context_tokens
 from meshplan.serve.cost import TERM_SOURCES, iteration_model
@@ -216,9 +216,8 @@ def estimate_serving(req: ServeRequest | dict[str, Any], eff: ServingEfficiency 
         try:
             req = ServeRequest.model_validate(req)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "request"
-            raise PlanError(f"{where}: {err['msg']} (got {err.get('input')!r})") from None
+            where, msg, value = first_error(exc)
+            raise PlanError(f"{where or 'request'}: {msg} (got {value!r})") from None
     eff = eff or default_serving_efficiency()
     model, cluster, dep, work = _specs(req, workload)
     if req.disagg is not None:
