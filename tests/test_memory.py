@@ -106,3 +106,23 @@ def test_tied_embeddings_cost_a_second_copy_only_with_pipelining(gpt3_175b) -> N
     total = gpt3_175b.total_params()
     assert p["first"][0] == pytest.approx(total)
     assert p["first"][1] + p["last"][1] == pytest.approx(total + vh)
+
+
+def test_zero3_unsharded_buffers_without_and_with_pp() -> None:
+    """ZeRO-3 as FSDP2 runs it. Without PP: the LM head unit stays unsharded from its forward to its backward, its
+    gradient exists unsharded before the reduce-scatter, and the next block is prefetched — 2 B x (2·head + layer).
+    Under PP the stage's weights and gradients stay unsharded between micro-batches: 2 B + 2 B per stage parameter.
+    With dp = 1 nothing is sharded, so nothing is gathered."""
+    m = load_model("Llama-3.1-8B")
+    w = TrainWorkload(global_batch=64, seq_len=2048)
+    rows = table(Strategy(dp=8, zero=3), Strategy(dp=4, tp=2, zero=3), Strategy(dp=4, pp=2, zero=3),
+                 Strategy(dp=1, pp=2, zero=3), Strategy(dp=8, zero=1))
+    mem = memory_breakdown(m, w, rows)
+    head = 128256 * 4096 + 4096                                 # vocab x hidden + final norm = 525,340,672
+    layer = 4096 * (4096 + 2 * 1024) + 4096 * 4096 + 3 * 4096 * 14336 + 2 * 4096  # = 218,112,000
+    assert head == 525_340_672 and layer == 218_112_000
+    stage = stage_params(m, rows)
+    pp2_stage = stage["first"][2]   # embedding + 16 layers: the worst stage (it holds 2 micro-batches in flight)
+    np.testing.assert_allclose(mem.buffers[:2], [2 * (2 * head + layer), 2 * (2 * head + layer) / 2], rtol=1e-12)
+    assert mem.buffers[2] == pytest.approx(4 * pp2_stage, rel=1e-12)
+    assert mem.buffers[3] == 0.0 and mem.buffers[4] == 0.0

@@ -92,6 +92,16 @@ def test_zero3_with_one_microbatch_per_gpu_is_communication_bound() -> None:
     assert per_gpu[0] > per_gpu[1] > per_gpu[2]
 
 
+def test_zero3_under_pp_gathers_once_per_step() -> None:
+    """Under PP, torch.distributed.pipelining keeps a ZeRO-3 stage unsharded between micro-batches: one gather and one
+    reduce-scatter per step, as ZeRO-1 — where without PP ZeRO-3 gathers every micro-batch (and pays more)."""
+    c = cost([Strategy(dp=4, tp=8, pp=2, zero=3), Strategy(dp=4, tp=8, pp=2, zero=1),
+              Strategy(dp=8, tp=8, zero=3), Strategy(dp=8, tp=8, zero=1)])
+    dp = c.breakdown["dp_comm"]
+    assert dp[0] == pytest.approx(dp[1], rel=1e-12)
+    assert dp[2] > dp[3]
+
+
 def test_moe_expert_parallel_pays_all_to_all() -> None:
     mixtral = load_model("Mixtral-8x7B")
     w = TrainWorkload(global_batch=256, seq_len=4096)

@@ -63,7 +63,8 @@ class Efficiency(Frozen):
     """Measured / modelled bytes of weights, gradients and optimizer states (1 for the 2+4+12 B/param mixed-precision
     layout; 16/18 for float32 training: 4+4+8 B/param). Set by a hardware profile, refined by calibration."""
     memory_activation_scale: float = Field(default=1.0, gt=0)
-    """Measured / modelled activation and logit bytes (2 for float32 activations against the model's 2 B)."""
+    """Measured / modelled bytes of what is held in the compute dtype: activations, logits and ZeRO-3's unsharded
+    weights and gradients (2 for float32 against the model's 2 B)."""
     memory_overhead_bytes: float | None = Field(default=None, ge=0)
     """Fixed bytes per device in place of the CUDA-context allowance (0 where memory is measured tensor by tensor)."""
 

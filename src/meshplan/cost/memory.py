@@ -23,6 +23,7 @@ GRAD_BYTES = 4  # bytes/param, fp32 gradient accumulation buffer (Megatron main_
 OPTIMIZER_BYTES = 12  # bytes/param, fp32 master weights + Adam m + v
 ACT_BYTES = 2  # bytes/element, bf16 activations
 LOGIT_BYTES = 4  # bytes/element, fp32 logits for the loss (Korthikanti et al. 2022, §4.1: 4sbv/t)
+GATHER_BYTES = 2  # bytes/element, ZeRO-3 weights and gradients while unsharded: the compute dtype (FSDP2 param_dtype)
 # CUDA context, cuBLAS/cuDNN workspaces and NCCL communicator buffers: ~0.5 GB context + ~1 GB NCCL/workspaces,
 # as seen in torch.cuda.memory_reserved vs nvidia-smi on H100 (stated, not fitted).
 FRAMEWORK_OVERHEAD_BYTES = 1.5e9  # bytes per GPU
@@ -160,6 +161,7 @@ def memory_breakdown(model: ModelSpec, workload: TrainWorkload, t: StrategyTable
     in_flight = {"first": in_first, "second": in_second, "middle": in_second, "last": in_last}
     logits = LOGIT_BYTES * workload.seq_len / t.cp * t.micro_batch * model.vocab / t.tp * in_last
 
+    gathered = _zero3_gathered(model, t)
     best: MemoryBreakdown | None = None
     for stage in STAGES:
         dense, experts = params[stage], params[f"{stage}_experts"]
@@ -175,7 +177,8 @@ def memory_breakdown(model: ModelSpec, workload: TrainWorkload, t: StrategyTable
             optimizer=sharded(OPTIMIZER_BYTES, 1),
             activations=getattr(layers, stage) * act_layer * in_flight[stage] + working,
             logits=logits if stage == "last" else np.zeros(len(t)),
-            buffers=np.zeros(len(t)),
+            # under PP the stage's weights and gradients stay unsharded until its last micro-batch
+            buffers=np.where((z == 3) & (shard > 1), np.where(t.pp > 1, 2 * GATHER_BYTES * (dense + experts), gathered), 0.0),
             overhead=np.full(len(t), FRAMEWORK_OVERHEAD_BYTES),
         )
         if best is None:
@@ -185,9 +188,19 @@ def memory_breakdown(model: ModelSpec, workload: TrainWorkload, t: StrategyTable
             best = MemoryBreakdown(**{k: np.where(worse, getattr(candidate, k), getattr(best, k))
                                       for k in MemoryBreakdown.__dataclass_fields__})
     assert best is not None
-    layer_params = (model.attention_params() + max(model.dense_mlp_params(), model.moe_mlp_params() if model.is_moe else 0)) / t.tp
-    zero3_buffers = np.where(z == 3, 2 * WEIGHT_BYTES * layer_params, 0.0)  # current + prefetched layer, unsharded
-    return MemoryBreakdown(**{**{k: getattr(best, k) for k in MemoryBreakdown.__dataclass_fields__}, "buffers": zero3_buffers})
+    return best
+
+
+def _zero3_gathered(model: ModelSpec, t: StrategyTable) -> np.ndarray:
+    """Unsharded bytes ZeRO-3 holds at the start of backward without PP, FSDP2 wrapped as torchtitan does (one unit
+    per block, the embedding, and the final norm with the LM head; the head unit is not resharded after forward,
+    its backward follows at once): the head's weights and its gradient before the reduce-scatter, and the last
+    block's weights prefetched (PyTorch FSDP2 docs, `fully_shard(reshard_after_forward)`; torchtitan
+    `apply_fsdp`). Under PP, torch.distributed.pipelining keeps a stage's weights and gradients unsharded until
+    its last micro-batch (`set_requires_gradient_sync(False)`, `set_reshard_after_backward(False)`)."""
+    layer = (model.attention_params() + max(model.dense_mlp_params(), model.moe_mlp_params() if model.is_moe else 0)) / t.tp
+    head = (model.vocab * model.hidden + model._norm_params(model.hidden)) / t.tp
+    return GATHER_BYTES * (2 * head + layer)
 
 
 def _uncheckpointed_layer(model: ModelSpec, workload: TrainWorkload, t: StrategyTable) -> np.ndarray:

@@ -27,6 +27,7 @@ import numpy as np
 from meshplan.cost.efficiency import Efficiency
 from meshplan.cost.memory import (
     FRAMEWORK_OVERHEAD_BYTES,
+    GATHER_BYTES,
     GRAD_BYTES,
     LOGIT_BYTES,
     OPTIMIZER_BYTES,
@@ -78,7 +79,7 @@ class LayerCostTable:
     last_bytes: float
     """LM head (and tied second copy) states plus fp32 logits on the last stage, bytes."""
     fixed_bytes: float
-    """Framework overhead and ZeRO-3 prefetch buffers on every stage, bytes."""
+    """Framework overhead and, without PP, ZeRO-3's unsharded head and prefetched layer, bytes."""
     in_flight: np.ndarray
     """[stage] micro-batches whose activations the stage holds at its peak."""
     num_microbatches: float
@@ -121,13 +122,15 @@ class LayerCostTable:
         return extra
 
 
-def _sharded_bytes(params: float, shard: float, zero: int) -> float:
+def _sharded_bytes(params: float, shard: float, zero: int, pp: int) -> float:
     """Model-state bytes of `params` parameters: ZeRO stage z shards the optimizer (z>=1), gradients (z>=2) and
-    weights (z=3) over `shard` ranks (Rajbhandari et al. 2020, §5)."""
+    weights (z=3) over `shard` ranks (Rajbhandari et al. 2020, §5); ZeRO-3 under PP also holds the stage's
+    weights and gradients unsharded through the step (`cost.memory`, torch.distributed.pipelining)."""
     weights = WEIGHT_BYTES / (shard if zero >= 3 else 1.0)
     grads = GRAD_BYTES / (shard if zero >= 2 else 1.0)
     optimizer = OPTIMIZER_BYTES / (shard if zero >= 1 else 1.0)
-    return params * (weights + grads + optimizer)
+    unsharded = 2 * GATHER_BYTES if zero >= 3 and pp > 1 and shard > 1 else 0.0
+    return params * (weights + grads + optimizer + unsharded)
 
 
 def in_flight_per_stage(s: Strategy, m: float) -> np.ndarray:
@@ -159,11 +162,11 @@ def layer_cost_table(model: ModelSpec, cluster: ClusterSpec, workload: TrainWork
     dense_layer = (model.attention_params() + (model.dense_mlp_params() if model.ffn_hidden else 0)) / tp
     if model.is_moe:
         experts = model.num_experts * model.expert_params()
-        moe_layer = _sharded_bytes((model.attention_params() + model.moe_mlp_params() - experts) / tp, shard, s.zero)
-        moe_layer += _sharded_bytes(experts / (tp * s.ep), expert_shard, s.zero)
+        moe_layer = _sharded_bytes((model.attention_params() + model.moe_mlp_params() - experts) / tp, shard, s.zero, s.pp)
+        moe_layer += _sharded_bytes(experts / (tp * s.ep), expert_shard, s.zero, s.pp)
     else:
         moe_layer = 0.0
-    dense_bytes = _sharded_bytes(dense_layer, shard, s.zero)
+    dense_bytes = _sharded_bytes(dense_layer, shard, s.zero, s.pp)
     state = np.array([dense_bytes if leading == "dense" else moe_layer, moe_layer if model.is_moe else dense_bytes])
     kind = np.full(model.num_layers, MAIN)
     if leading != main:
@@ -186,9 +189,9 @@ def layer_cost_table(model: ModelSpec, cluster: ClusterSpec, workload: TrainWork
         working_bytes=float(act[MAIN, 0]),
         first_time_s=float(lt.edge_comm_s[0]),
         last_time_s=float(lt.head_s[0] + lt.edge_comm_s[0]),
-        first_bytes=_sharded_bytes(model.embedding_params() / tp, shard, s.zero),
-        last_bytes=_sharded_bytes(head_params / tp, shard, s.zero) + logits,
-        fixed_bytes=FRAMEWORK_OVERHEAD_BYTES + float(cost.memory.buffers[0]),
+        first_bytes=_sharded_bytes(model.embedding_params() / tp, shard, s.zero, s.pp),
+        last_bytes=_sharded_bytes(head_params / tp, shard, s.zero, s.pp) + logits,
+        fixed_bytes=FRAMEWORK_OVERHEAD_BYTES + (float(cost.memory.buffers[0]) if s.pp == 1 else 0.0),
         in_flight=in_flight_per_stage(s, m),
         num_microbatches=m,
         other_s=float(b["pp_p2p"][0] + b["dp_comm"][0] + b["optimizer"][0]),

@@ -334,12 +334,14 @@ def training_cost(model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkloa
     # ZeRO-0/1 keep full gradients and reduce once per step; ZeRO-2 keeps only its shard, so it must
     # reduce-scatter after every micro-batch's backward (DeepSpeed stage 2 with gradient accumulation).
     exposed_rs = np.maximum(grad_rs - bwd_window, 0.0)
+    once = exposed_rs + np.maximum(param_ag - fwd_window, 0.0)  # one gather and one reduce-scatter per step
+    # ZeRO-3 under PP gathers once and reduce-scatters after the last micro-batch: torch.distributed.pipelining
+    # keeps the stage unsharded between micro-batches (`set_reshard_after_backward(False)`, no gradient sync).
+    zero3 = np.where(t.pp > 1, once, m * (np.maximum(zero3_mb - eff.dp_overlap * compute_mb, 0.0) + zero3_mb / units))
     dp_comm = np.select(
         [t.zero == 0, t.zero == 1, t.zero == 2],
-        [np.maximum(grad_ar - bwd_window, 0.0),
-         exposed_rs + np.maximum(param_ag - fwd_window, 0.0),
-         m * exposed_rs + np.maximum(param_ag - fwd_window, 0.0)],
-        m * (np.maximum(zero3_mb - eff.dp_overlap * compute_mb, 0.0) + zero3_mb / units),
+        [np.maximum(grad_ar - bwd_window, 0.0), once, m * exposed_rs + np.maximum(param_ag - fwd_window, 0.0)],
+        zero3,
     )
     dp_comm = np.where(dp_n > 1, dp_comm, 0.0)
 
@@ -413,4 +415,4 @@ def _scaled_memory(memory: MemoryBreakdown, eff: Efficiency) -> MemoryBreakdown:
     overhead = memory.overhead if eff.memory_overhead_bytes is None else np.full_like(memory.overhead, eff.memory_overhead_bytes)
     return MemoryBreakdown(weights=memory.weights * states, gradients=memory.gradients * states,
                            optimizer=memory.optimizer * states, activations=memory.activations * acts,
-                           logits=memory.logits * acts, buffers=memory.buffers * states, overhead=overhead)
+                           logits=memory.logits * acts, buffers=memory.buffers * acts, overhead=overhead)

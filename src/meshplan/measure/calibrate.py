@@ -101,8 +101,8 @@ def _costs(runs: Sequence[RunRecord], profile: HardwareProfile, eff: Efficiency)
                              TrainWorkload(global_batch=r0.global_batch, seq_len=r0.seq_len), table, eff)
         m = cost.memory
         step[idx], peak[idx] = cost.step_time_s, cost.peak_memory_bytes
-        states[idx] = m.weights + m.gradients + m.optimizer + m.buffers
-        acts[idx] = m.activations + m.logits
+        states[idx] = m.weights + m.gradients + m.optimizer
+        acts[idx] = m.activations + m.logits + m.buffers  # buffers: unsharded weights in the compute dtype
     return step, peak, states, acts
 
 

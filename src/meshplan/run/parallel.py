@@ -112,11 +112,14 @@ def stage_modules(model: Decoder, s: Strategy, pp_rank: int,
 def _plan_for(module: Decoder, sp: bool) -> dict[str, object]:
     plan: dict[str, object] = {}
     if module.tok_embeddings is not None:
-        plan["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1) if sp else Replicate())
+        # split along the hidden dimension: each rank computes and keeps only its slice of the embedding's gradient
+        # (a vocabulary split, RowwiseParallel, has DTensor allocate the full vocab x hidden gradient per rank)
+        plan["tok_embeddings"] = ColwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1) if sp else Replicate())
     if module.norm is not None and sp:
         plan["norm"] = SequenceParallel()
-    if module.output is not None:
-        plan["output"] = ColwiseParallel(input_layouts=Shard(1) if sp else Replicate(), output_layouts=Replicate())
+    if module.output is not None:  # logits stay split over the vocabulary: the loss runs under `loss_parallel`
+        plan["output"] = ColwiseParallel(input_layouts=Shard(1) if sp else Replicate(), output_layouts=Shard(-1),
+                                         use_local_output=False)
     return plan
 
 
@@ -148,8 +151,9 @@ def _parallelize(module: nn.Module, mesh: DeviceMesh, plan: dict[str, object]) -
 
 
 def apply_tensor_parallel(module: Decoder, tp_mesh: DeviceMesh, sp: bool) -> None:
-    """Megatron layout per block (column- then row-parallel), vocab-parallel embedding and head; norms and the
-    residual stream split along the sequence under sequence parallelism."""
+    """Megatron layout per block (column- then row-parallel), vocab-parallel embedding and head, the head's logits
+    left split over the vocabulary for a vocab-parallel cross-entropy (Megatron's; PyTorch's `loss_parallel`);
+    norms and the residual stream split along the sequence under sequence parallelism."""
     top = _plan_for(module, sp)
     if top:
         _parallelize(module, tp_mesh, top)
@@ -180,23 +184,32 @@ class DataParallel:
 
 
 def apply_data_parallel(module: Decoder, s: Strategy, mesh: DeviceMesh) -> DataParallel:
-    """ZeRO-3: fully_shard (reshard after forward, except under PP); ZeRO-1/2: fully_shard without resharding
-    (FSDP2's ZeRO-2-like mode; PyTorch has no optimizer-only sharding); ZeRO-0: DDP alone, a plain
-    gradient all-reduce next to TP (DDP cannot hold DTensors) or PP (DDP inside stages is wrong)."""
+    """ZeRO-3: fully_shard per block, the embedding and the (final norm, LM head) pair as units of their own and
+    the root last, as torchtitan wraps a decoder; blocks and embedding reshard after forward, the head does not
+    (its backward comes right after its forward). Under PP nothing reshards after forward: the pipeline keeps
+    the stage's weights and gradients unsharded until its last micro-batch. ZeRO-1/2: fully_shard without
+    resharding (FSDP2's ZeRO-2-like mode; PyTorch has no optimizer-only sharding). ZeRO-0: DDP alone (gradients
+    are views into its buckets: one copy, not two), a plain gradient all-reduce next to TP (DDP cannot hold
+    DTensors) or PP (DDP inside stages is wrong)."""
     if s.dp == 1:
         return DataParallel("none", module)
     if s.zero >= 1:
         from torch.distributed.fsdp import fully_shard
 
         reshard = s.zero == 3 and s.pp == 1
+        if module.tok_embeddings is not None:
+            fully_shard(module.tok_embeddings, mesh=mesh["dp"], reshard_after_forward=reshard)
         for block in module.layers.values():
             fully_shard(block, mesh=mesh["dp"], reshard_after_forward=reshard)
+        if module.output is not None:
+            fully_shard([module.norm, module.output], mesh=mesh["dp"], reshard_after_forward=False)
         fully_shard(module, mesh=mesh["dp"], reshard_after_forward=reshard)
         return DataParallel("fsdp", module)
     if s.tp == 1 and s.pp == 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        return DataParallel("ddp", DistributedDataParallel(module, process_group=mesh["dp"].get_group()))
+        return DataParallel("ddp", DistributedDataParallel(module, process_group=mesh["dp"].get_group(),
+                                                           gradient_as_bucket_view=True))
     return DataParallel("allreduce", module)
 
 

@@ -7,6 +7,7 @@ OUT_DIR/result.json. A failing rank writes OUT_DIR/rank<r>.error before it exits
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -22,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from meshplan.run.config import RunConfig
-from meshplan.run.memory import cpu_step_peak_bytes, resident_bytes
+from meshplan.run.memory import cpu_step_peak_bytes, resident_bytes, tensor_bytes
 from meshplan.run.model import build_model
 from meshplan.run.parallel import (
     allreduce_gradients,
@@ -43,7 +44,23 @@ def batch(cfg: RunConfig, step: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy; logits split over the vocabulary (a DTensor) need `loss_context`."""
     return F.cross_entropy(logits.float().flatten(0, 1), target.flatten())
+
+
+def loss_context(tp: int) -> contextlib.AbstractContextManager[None]:
+    """PyTorch's vocab-parallel cross-entropy for the forward and backward of a tensor-parallel step: each rank
+    keeps s·b·v/tp logits, as Megatron's (Korthikanti et al. 2022, §4.1) and as the cost model prices them."""
+    if tp == 1:
+        return contextlib.nullcontext()
+    from torch.distributed.tensor.parallel import loss_parallel
+
+    return loss_parallel()
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A replicated DTensor's value as a plain tensor (a plain tensor as it is)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def reference_run(cfg: RunConfig) -> tuple[list[float], list[float]]:
@@ -142,21 +159,23 @@ def run_rank(cfg: RunConfig, out: Path) -> dict[str, Any]:
             module = modules[0].module
             for i in range(microbatches):
                 sl = slice(i * s.micro_batch, (i + 1) * s.micro_batch)
-                loss = loss_fn(module(x[sl]), y[sl]) / microbatches
-                loss.backward()
-                total += loss.detach()
+                with loss_context(s.tp):
+                    loss = loss_fn(module(x[sl]), y[sl]) / microbatches
+                    loss.backward()
+                total += _local(loss.detach())
         else:
             losses: list[torch.Tensor] = []
-            if first and last:
-                schedule.step(x, target=y, losses=losses)
-            elif first:
-                schedule.step(x)
-            elif last:
-                schedule.step(target=y, losses=losses)
-            else:
-                schedule.step()
+            with loss_context(s.tp):
+                if first and last:
+                    schedule.step(x, target=y, losses=losses, return_outputs=False)
+                elif first:
+                    schedule.step(x)
+                elif last:
+                    schedule.step(target=y, losses=losses, return_outputs=False)
+                else:
+                    schedule.step()
             if last:
-                total = torch.stack([mb_loss.detach() for mb_loss in losses]).mean()
+                total = torch.stack([_local(mb_loss.detach()) for mb_loss in losses]).mean()
             dist.all_reduce(total, group=mesh["pp"].get_group())  # only the last stage contributes
         if modules[0].kind == "allreduce":
             allreduce_gradients(params, mesh)
@@ -187,12 +206,15 @@ def run_rank(cfg: RunConfig, out: Path) -> dict[str, Any]:
         if use_cuda:
             memory = {"peak_bytes": int(torch.cuda.max_memory_allocated(device)), "method": "torch.cuda.max_memory_allocated"}
         else:
-            resident = resident_bytes(params, optimizer)
+            # DDP's buckets hold the gradients (as views) from the wrap on: resident, not allocated in the step
+            buckets = tensor_bytes([p for p in params if p.requires_grad]) if modules[0].kind == "ddp" else 0
+            resident = resident_bytes(params, optimizer) + buckets
             dist.barrier()
             x, y = local_batch_of(cfg.steps)
             live = cpu_step_peak_bytes(lambda: train_step(cfg.steps, x, y))
             memory = {"peak_bytes": resident + live, "resident_bytes": resident, "step_live_peak_bytes": live,
-                      "method": "torch.profiler live-allocation peak of one step + parameters and optimizer states"}
+                      "method": "torch.profiler live-allocation peak of one step + parameters, optimizer states"
+                                " and DDP's gradient buckets"}
     timed = step_times[cfg.warmup:] or step_times
     _progress(out, rank, "done")
     return {"rank": rank, "coords": {"pp": pp_rank, "dp": dp_rank, "tp": mesh["tp"].get_local_rank()},
