@@ -53,6 +53,8 @@ FAMILIES = {
     "tp-dp-allreduce": Strategy(dp=2, tp=2, zero=0),
     "pp-dp-fsdp": Strategy(dp=2, pp=2, zero=1, micro_batch=2),
     "tp-pp-dp-fsdp": Strategy(dp=2, tp=2, pp=2, zero=1, sequence_parallel=True),
+    "tp-dp-fsdp-zero3": Strategy(dp=2, tp=2, zero=3, sequence_parallel=True),
+    "pp-dp-fsdp-zero3": Strategy(dp=2, pp=2, zero=3, micro_batch=2),
 }
 
 
@@ -90,6 +92,24 @@ def test_more_tensor_parallelism_means_less_memory_per_rank() -> None:
     one_rank = _once_more_if_killed(lambda: launch(single, 1, reference=False))
     resident = lambda r: max(x.memory["resident_bytes"] for x in r.ranks)  # noqa: E731
     assert resident(two_ranks) < 0.7 * resident(one_rank)
+
+
+def test_tensor_parallelism_splits_the_logits_and_the_vocabulary_gradients() -> None:
+    """A model whose vocabulary dominates: 1 layer, hidden 64, vocab 16,384, batch 4 x 32 tokens. One process holds
+    logits of 4·32·16,384 = 2.1M floats (8.4 MB; the loss adds its log-softmax and the gradient of each) and
+    gradients of the embedding and head (2 x 1.05M floats, 8.4 MB). With the vocabulary-parallel loss and the
+    hidden-split embedding, tp=2 keeps half of each per rank; gathering the logits (or a full-size embedding
+    gradient, as a vocabulary-split DTensor embedding makes) would keep the step's peak near one process's."""
+    from meshplan.specs.model import ModelSpec
+
+    spec = ModelSpec(name="wide-vocab", num_layers=1, hidden=64, ffn_hidden=128, num_heads=4, num_kv_heads=4,
+                     head_dim=16, vocab=16384, gated_mlp=True, tied_embeddings=False)
+    cfg = RunConfig(model=spec, strategy=Strategy(dp=1, tp=2), global_batch=4, seq_len=32, steps=2, timeout_s=60)
+    two = _once_more_if_killed(lambda: launch(cfg, 2, reference=False))
+    one = _once_more_if_killed(lambda: launch(cfg.model_copy(update={"strategy": Strategy(dp=1, tp=1)}), 1,
+                                              reference=False))
+    live = lambda r: max(x.memory["step_live_peak_bytes"] for x in r.ranks)  # noqa: E731
+    assert live(two) < 0.6 * live(one)
 
 
 def _own_temp_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> bytes:
