@@ -4,6 +4,7 @@ over one step plus what is resident before it (parameters, optimizer states)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -24,16 +25,35 @@ def resident_bytes(params: list[torch.nn.Parameter], optimizer: torch.optim.Opti
 
 def cpu_step_peak_bytes(step: Callable[[], object]) -> int:
     """Peak of bytes allocated (and not yet freed) during one call of `step`, from the profiler's allocation
-    records. They are read from the Kineto results: the `[memory]` rows of `prof.events()` keep only the
-    allocations no operator claimed (3 of 42 for a two-layer MLP step), which would put the peak near zero."""
+    records, keyed by address: a block counts from its allocation until its free, or until its address is handed
+    out again — a tensor released on a communication thread (gloo's copies of a collective's input) leaves no free
+    record on the profiled thread, and a running sum of the records would keep it alive to the end of the step.
+    Frees of blocks allocated before the step are not counted (they are in the resident bytes)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    records = prof.profiler.kineto_results.events() if prof.profiler is not None else []
-    events = sorted((e.start_ns(), e.nbytes()) for e in records if e.name() == "[memory]")
-    live = peak = 0
-    for _, delta in events:  # allocations positive, frees negative, bytes
-        live += delta
-        peak = max(peak, live)
+    roots = prof.profiler.kineto_results.experimental_event_tree() if prof.profiler is not None else []
+    records = sorted(_allocations(roots))
+    live: dict[int, int] = {}
+    total = peak = 0
+    for _, address, nbytes in records:  # bytes: allocations positive, frees negative
+        if nbytes > 0:
+            total += nbytes - live.get(address, 0)
+            live[address] = nbytes
+        else:
+            total -= live.pop(address, 0)
+        peak = max(peak, total)
     return int(peak)
+
+
+def _allocations(roots: list[Any]) -> list[tuple[int, int, int]]:
+    """(time ns, address, bytes) of every allocation and free in the profiler's event tree."""
+    out, todo = [], list(roots)
+    while todo:
+        node = todo.pop()
+        fields = node.extra_fields
+        if type(fields).__name__ == "_ExtraFields_Allocation":
+            out.append((node.start_time_ns, int(fields.ptr), int(fields.alloc_size)))
+        todo.extend(node.children)
+    return out
