@@ -58,14 +58,16 @@ def test_closed_loop_ttft_agrees_with_steady_state() -> None:
 
 
 def test_first_wave_weighs_less_in_longer_runs() -> None:
-    # The synchronised first wave queues (B - 1) / 2 prefills on average; its weight is concurrency / requests,
-    # so a run of one wave has a longer mean TTFT than a run of 20 waves, by (1 - 1/20) x that queue.
+    # The synchronised first wave: 32 prompts of 4096 tokens, g = 8192 // 4096 = 2 per iteration, so 16 groups;
+    # a prompt waits for the other one of its iteration and for (16 - 1) / 2 groups of 2 ahead on average:
+    # 1 + 15 = 16 prefills. Its weight is concurrency / requests, so a run of one wave has a longer mean TTFT
+    # than a run of 20 waves, by (1 - 1/20) x that queue.
     short, long = (ServeWorkload(isl=4096, osl=64, concurrency=32, num_requests=n) for n in (32, 640))
     _, t, cap, it = _setup(short)
     seq_cap = cap.max_sequences(4096 + 32.0)
     one, many = (steady_state(it, w, seq_cap, t.max_batch, t.chunk_tokens, t.replicas) for w in (short, long))
     one_prefill = float(it.time(0.0, 0.0, 4096.0, 2048.0)[0] - it.time(0.0, 0.0, 0.0, 0.0)[0])
-    assert float(one.ttft_s[0] - many.ttft_s[0]) == pytest.approx((1.0 - 0.05) * 31 / 2 * one_prefill, rel=1e-6)
+    assert float(one.ttft_s[0] - many.ttft_s[0]) == pytest.approx((1.0 - 0.05) * 16 * one_prefill, rel=1e-6)
 
 
 def test_ttft_prices_the_last_chunk_by_its_tokens() -> None:

@@ -70,7 +70,7 @@ def predict_run(run: PublishedServingRun, eff: ServingEfficiency, simulate_rates
     cap = capacity(run.model, run.gpu, table, eff.memory_fraction, eff.runtime_bytes)
     it = iteration_model(run.model, cluster, table, eff, run.engine)
     fig = steady_state(it, work, cap.max_sequences(work.isl + work.osl / 2.0), table.max_batch, table.chunk_tokens,
-                       table.replicas, scheduler, eff.request_overhead_for(run.engine))
+                       table.replicas, scheduler, eff.request_overhead_for(run.engine), eff.lockstep_for(run.engine))
     predicted = {"ttft": float(fig.ttft_s[0]) * 1e3, "tpot": float(fig.tpot_s[0]) * 1e3,
                  "throughput": float(fig.output_tokens_per_s[0] * dep.replicas)}
     if simulate_rates and run.request_rate is not None and not run.offline:
@@ -78,7 +78,8 @@ def predict_run(run: PublishedServingRun, eff: ServingEfficiency, simulate_rates
 
         sim = simulate(it, work, kv_tokens=float(cap.kv_tokens[0]), max_batch=dep.max_batch,
                        chunk_tokens=dep.chunk_tokens, replicas=dep.replicas,
-                       request_overhead_s=eff.request_overhead_for(run.engine), num_requests=min(work.num_requests, 600))
+                       request_overhead_s=eff.request_overhead_for(run.engine), num_requests=min(work.num_requests, 600),
+                       lockstep=eff.lockstep_for(run.engine))
         predicted = {"ttft": float(sim.ttft_s.mean()) * 1e3, "tpot": float(sim.tpot_s.mean()) * 1e3,
                      "throughput": float(sim.output_tokens_per_s) * dep.replicas}
     ttft = run.measured_ttft_ms
@@ -110,7 +111,8 @@ def _names(runs: Sequence[PublishedServingRun]) -> list[str]:
     archs = [a for a in _ARCHS if any(r.gpu.architecture == a for r in runs)]
     engines = [e for e in _ENGINES if any(r.engine == e for r in runs)]
     return ([f"compute.{a}" for a in archs] + ["hbm"] + [f"iteration_overhead_s.{e}" for e in engines]
-            + [f"request_overhead_s.{e}" for e in engines] + ["low_precision_ratio", "sequence_overhead_s",
+            + [f"request_overhead_s.{e}" for e in engines] + [f"lockstep_share.{e}" for e in engines]
+            + ["low_precision_ratio", "sequence_overhead_s",
                                                                  "requests_per_client"])
 
 
