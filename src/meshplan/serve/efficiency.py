@@ -41,8 +41,9 @@ class ServingEfficiency(Frozen):
     requests_per_client: float = Field(default=10.0, ge=1)
     """Requests each closed-loop client sends in a measured benchmark run whose request count its source does
     not state (requests). Benchmark clients send their first requests together, so the first wave's prompts
-    queue behind each other; the share of such requests in a run is 1 / requests_per_client. Fitted; used
-    only to price the published runs (a user's workload states its own request count)."""
+    queue behind each other; the share of such requests in a run is 1 / requests_per_client. Assumed, not
+    fitted: once the lockstep share prices the later waves, the published runs do not tell it apart (a fit gave
+    42 ± 91). Used only to price the published runs (a user's workload states its own request count)."""
     memory_fraction: float = Field(default=0.9, gt=0, le=1)
     """Fraction of the memory left after weights, activations and runtime that the KV cache takes (TensorRT-LLM
     kv_cache_free_gpu_mem_fraction 0.9; vLLM --gpu-memory-utilization 0.9 is close). Not fitted."""

@@ -2,8 +2,10 @@
 
 Least squares on log(predicted / measured) of TTFT, TPOT and throughput (soft-L1, as the training fit), so a
 10% miss weighs the same on every metric and row; the predictions are those of `meshplan serve --estimate`
-(steady state, and the scheduler simulation for finite request rates). Parameters: compute fraction per GPU architecture, the HBM
-fraction, and the fixed iteration time per engine: few, physically meaningful, shared by all rows.
+(steady state, and the scheduler simulation for finite request rates). Parameters: compute fraction per GPU
+architecture, the HBM fraction, the fp8/fp4 fraction relative to bf16, one time per sequence per iteration, and
+per engine the fixed iteration time, the fixed part of TTFT and the lockstep share of its benchmark clients: few,
+physically meaningful, shared by all rows.
 """
 
 from __future__ import annotations
@@ -112,8 +114,7 @@ def _names(runs: Sequence[PublishedServingRun]) -> list[str]:
     engines = [e for e in _ENGINES if any(r.engine == e for r in runs)]
     return ([f"compute.{a}" for a in archs] + ["hbm"] + [f"iteration_overhead_s.{e}" for e in engines]
             + [f"request_overhead_s.{e}" for e in engines] + [f"lockstep_share.{e}" for e in engines]
-            + ["low_precision_ratio", "sequence_overhead_s",
-                                                                 "requests_per_client"])
+            + ["low_precision_ratio", "sequence_overhead_s"])
 
 
 def _bounds(name: str) -> tuple[float, float]:
@@ -127,15 +128,12 @@ def _bounds(name: str) -> tuple[float, float]:
         return 0.0, 0.5  # s
     if name == "sequence_overhead_s":
         return 0.0, 1e-4  # s
-    if name == "requests_per_client":
-        return 1.0, 100.0  # requests
     if name == "low_precision_ratio":
         return 0.3, 1.0
-    return 0.0, 1.0
+    return 0.0, 1.0  # lockstep_share: a probability
 
 
-_SCALE = {"iteration_overhead_s": 1e-3, "request_overhead_s": 1e-2, "sequence_overhead_s": 1e-5,
-          "requests_per_client": 10.0}
+_SCALE = {"iteration_overhead_s": 1e-3, "request_overhead_s": 1e-2, "sequence_overhead_s": 1e-5}
 
 
 def _scale(name: str) -> float:
