@@ -199,7 +199,8 @@ def provenance(eff: ServingEfficiency, cluster: ClusterSpec, engine: str, simula
         "compute_efficiency": f"{compute:.3f} of peak, {where}",
         "hbm_efficiency": f"{eff.hbm:.3f} of HBM bandwidth, {eff.source}",
         "overheads": f"{eff.overhead_for(engine) * 1e3:.2f} ms/iteration + {eff.sequence_overhead_s * 1e6:.1f} us/sequence "
-                     f"({engine}), TTFT +{eff.request_overhead_for(engine) * 1e3:.0f} ms; {eff.source}",
+                     f"({engine}), TTFT +{eff.request_overhead_for(engine) * 1e3:.0f} ms, lockstep share of closed-loop "
+                     f"clients {eff.lockstep_for(engine):.2f}; {eff.source}",
         "links": "cluster spec (datasheet defaults), α-β collectives (meshplan.cost.comm)",
         "kv_capacity": f"HBM - weights - activations - {eff.runtime_bytes / 1e9:g} GB runtime, x{eff.memory_fraction} "
                        "(not fitted)",
