@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/fit_serving.py          # fit, print, write meshplan/data/efficiency/serving.json
     .venv/bin/python benchmarks/fit_serving.py --dry-run
-    .venv/bin/python benchmarks/fit_serving.py --dry-run --leave-one-engine-out   # over-fitting check
+    .venv/bin/python benchmarks/fit_serving.py --dry-run --leave-one-engine-out   # over-fitting checks
+    .venv/bin/python benchmarks/fit_serving.py --dry-run --leave-one-source-out
 
 Rows marked UNCERTAIN in the data (undocumented layouts, an unnamed engine) are left out of the fit; they are
 still reported by serving_accuracy.py. Factors of an engine or architecture without fitted rows keep their
@@ -25,6 +26,7 @@ START = ServingEfficiency(
     compute={"ampere": 0.6, "hopper": 0.6, "blackwell": 0.6}, hbm=0.8,
     iteration_overhead_s={"trtllm": 0.002, "vllm": 0.003, "sglang": 0.003, "unknown": 0.003},
     request_overhead_s={"trtllm": 0.02, "vllm": 0.02, "sglang": 0.02, "unknown": 0.02},
+    lockstep_share={"trtllm": 0.3, "vllm": 0.3, "sglang": 0.3, "unknown": 0.0},
     sequence_overhead_s=1e-5, requests_per_client=10.0,
 )
 
@@ -49,8 +51,19 @@ def _leave_one_engine_out(runs: list[PublishedServingRun]) -> None:
         blind = fitted.model_copy(update={
             "iteration_overhead_s": {k: v for k, v in fitted.iteration_overhead_s.items() if k != engine},
             "request_overhead_s": {k: v for k, v in fitted.request_overhead_s.items() if k != engine},
+            "lockstep_share": {k: v for k, v in fitted.lockstep_share.items() if k != engine},
             "fallback_engine": fallback})
         print(f"  {engine:8s} ({len(held):3d} rows)  {_mean_abs_by_metric(held, blind)}")
+
+
+def _leave_one_source_out(runs: list[PublishedServingRun]) -> None:
+    """Fit without one source family's rows, then price them: the error a new source's runs would see (factors
+    only that source informs keep their starting values)."""
+    print("leave one source out (fit on the other sources, price the left-out rows):")
+    for source in sorted({r.source_group for r in runs}):
+        held = [r for r in runs if r.source_group == source]
+        fitted = fit_serving([r for r in runs if r.source_group != source], START).efficiency
+        print(f"  {source:22s} ({len(held):3d} rows)  {_mean_abs_by_metric(held, fitted)}")
 
 
 def main() -> int:
@@ -59,6 +72,8 @@ def main() -> int:
     parser.add_argument("--leave-one-engine-out", action="store_true",
                         help="also refit without each engine's rows and price those rows with the other engines' "
                              "factors (its own overheads unknown: the fallback engine's are used)")
+    parser.add_argument("--leave-one-source-out", action="store_true",
+                        help="also refit without each source family's rows and price those rows")
     args = parser.parse_args()
     all_runs, _ = load_published_serving_runs()
     runs = [r for r in all_runs if not r.uncertain]
@@ -71,6 +86,8 @@ def main() -> int:
         print(f"  {label:6s}: mean |error| {np.mean(e):.1%}, median {np.median(e):.1%}, max {np.max(e):.1%}")
     if args.leave_one_engine_out:
         _leave_one_engine_out(runs)
+    if args.leave_one_source_out:
+        _leave_one_source_out(runs)
     if args.dry_run:
         return 0
     path = resources.files("meshplan") / "data" / "efficiency" / "serving.json"

@@ -125,3 +125,27 @@ def test_moe_activation_traffic_per_token() -> None:
     assert float(it.moe_act_s_per_token[0]) == pytest.approx(32 * 2 * 94_208 * 2 / (gpu.hbm_bytes_per_s * 0.8))
     dense = iteration_model(load_model("Llama-3.1-8B"), make_cluster(gpu, 1), _table(tp=1), EFF, "trtllm")
     assert float(dense.moe_act_s_per_token[0]) == 0.0
+
+
+def test_dense_and_expert_gemms_take_their_own_roofline() -> None:
+    # Mixtral-8x7B at tp1, bf16, 0.5 of the H100's bf16 peak: the routed experts' FLOPs per token are
+    # 2 x 32 layers x top-2 x 3 x 4096 x 14336 (gate, up, down) and belong to the expert GEMMs alone.
+    model, gpu = load_model("Mixtral-8x7B"), load_gpu("H100")
+    it = iteration_model(model, make_cluster(gpu, 1), _table(tp=1), EFF, "trtllm")
+    flops_s = gpu.peak("bf16") * 0.5
+    assert float(it.expert_linear_s_per_token[0]) == pytest.approx(2 * 32 * 2 * 3 * 4096 * 14336 / flops_s)
+    # A 256-token prefill: the dense GEMMs (attention projections, router) are compute-bound, while 256 x 2 / 8 =
+    # 64 tokens per expert leave the experts bound by reading their weights; the linear term is the sum of the two
+    # bounds, more than one roofline over all GEMMs would give.
+    tokens = 256.0
+    dense = max(tokens * float(it.linear_s_per_token[0]), float(it.dense_weights_s[0]))
+    touched = 1.0 - (1.0 - 2 / 8) ** tokens
+    expert_bytes = float(it.expert_weights_s[0]) * touched + tokens * float(it.moe_act_s_per_token[0])
+    expert = max(tokens * float(it.expert_linear_s_per_token[0]), expert_bytes)
+    assert tokens * float(it.linear_s_per_token[0]) > float(it.dense_weights_s[0])
+    assert expert == pytest.approx(expert_bytes)
+    linear = float(it.terms(0.0, 0.0, tokens, tokens / 2)["linear"][0])
+    assert linear == pytest.approx(dense + expert)
+    one_roofline = max(tokens * float(it.linear_s_per_token[0] + it.expert_linear_s_per_token[0]),
+                       float(it.dense_weights_s[0]) + expert_bytes)
+    assert linear > one_roofline

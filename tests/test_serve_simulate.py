@@ -58,14 +58,16 @@ def test_closed_loop_ttft_agrees_with_steady_state() -> None:
 
 
 def test_first_wave_weighs_less_in_longer_runs() -> None:
-    # The synchronised first wave queues (B - 1) / 2 prefills on average; its weight is concurrency / requests,
-    # so a run of one wave has a longer mean TTFT than a run of 20 waves, by (1 - 1/20) x that queue.
+    # The synchronised first wave: 32 prompts of 4096 tokens, g = 8192 // 4096 = 2 per iteration, so 16 groups;
+    # a prompt waits for the other one of its iteration and for (16 - 1) / 2 groups of 2 ahead on average:
+    # 1 + 15 = 16 prefills. Its weight is concurrency / requests, so a run of one wave has a longer mean TTFT
+    # than a run of 20 waves, by (1 - 1/20) x that queue.
     short, long = (ServeWorkload(isl=4096, osl=64, concurrency=32, num_requests=n) for n in (32, 640))
     _, t, cap, it = _setup(short)
     seq_cap = cap.max_sequences(4096 + 32.0)
     one, many = (steady_state(it, w, seq_cap, t.max_batch, t.chunk_tokens, t.replicas) for w in (short, long))
     one_prefill = float(it.time(0.0, 0.0, 4096.0, 2048.0)[0] - it.time(0.0, 0.0, 0.0, 0.0)[0])
-    assert float(one.ttft_s[0] - many.ttft_s[0]) == pytest.approx((1.0 - 0.05) * 31 / 2 * one_prefill, rel=1e-6)
+    assert float(one.ttft_s[0] - many.ttft_s[0]) == pytest.approx((1.0 - 0.05) * 16 * one_prefill, rel=1e-6)
 
 
 def test_ttft_prices_the_last_chunk_by_its_tokens() -> None:
@@ -146,3 +148,32 @@ def test_closed_loop_with_more_clients_than_requests_sends_them_all_at_once() ->
     exact = _sim(ServeWorkload(isl=512, osl=64, concurrency=16), n=16)
     assert len(many.ttft_s) == 16
     assert np.array_equal(many.ttft_s, exact.ttft_s) and np.array_equal(many.tpot_s, exact.tpot_s)
+
+
+def test_lockstep_clients_share_prefill_iterations() -> None:
+    # 16 clients, 1024-token prompts, an 8192-token budget: g = 8 prompts per iteration. With every client in
+    # lockstep the 16 arrive together each wave: a prompt waits for the 7 others of its iteration and, on average,
+    # for (2 - 1) / 2 groups of 8 ahead: 7 + 4 = 11 prefills. With half in lockstep, 8 arrive together: 7
+    # prefills for the half that does. Both weigh the later waves, 1 - 16 / 320 of the run.
+    w = ServeWorkload(isl=1024, osl=256, concurrency=16, num_requests=320)
+    _, t, cap, it = _setup(w)
+    one_prefill = float(it.time(0.0, 0.0, 1024.0, 512.0)[0] - it.time(0.0, 0.0, 0.0, 0.0)[0])
+    ttft = {s: float(steady_state(it, w, cap.max_sequences(1152.0), t.max_batch, t.chunk_tokens, t.replicas,
+                                  "continuous", 0.0, s).ttft_s[0]) for s in (0.0, 0.5, 1.0)}
+    assert ttft[1.0] - ttft[0.0] == pytest.approx(0.95 * 11 * one_prefill, rel=1e-6)
+    assert ttft[0.5] - ttft[0.0] == pytest.approx(0.95 * 0.5 * 7 * one_prefill, rel=1e-6)
+
+
+def test_lockstep_simulation_agrees_with_steady_state() -> None:
+    # Two algorithms for clients that restart in lockstep: the simulation replays the waves request by request;
+    # mean TTFT agrees with the closed form within 25%, and lockstep costs the simulated run over twice the TTFT
+    # of clients that leave the first wave at random phases.
+    w = ServeWorkload(isl=1024, osl=256, concurrency=16, num_requests=320)
+    dep, t, cap, it = _setup(w)
+    fig = steady_state(it, w, cap.max_sequences(1152.0), t.max_batch, t.chunk_tokens, t.replicas, "continuous",
+                       0.02, 1.0)
+    locked, spread = (simulate(it, w, kv_tokens=float(cap.kv_tokens[0]), max_batch=dep.max_batch,
+                               chunk_tokens=dep.chunk_tokens, replicas=1, request_overhead_s=0.02,
+                               num_requests=w.num_requests, lockstep=s) for s in (1.0, 0.0))
+    assert float(np.mean(locked.ttft_s)) == pytest.approx(float(fig.ttft_s[0]), rel=0.25)
+    assert float(np.mean(locked.ttft_s)) > 2.0 * float(np.mean(spread.ttft_s))

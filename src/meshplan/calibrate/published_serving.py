@@ -240,6 +240,13 @@ def _kv_dtype(row: dict[str, str], group: str, engine: str, precision: str, note
     if precision in ("fp16", "bf16"):
         notes.append(f"kv_dtype {precision} assumed (not stated; unquantized model, KV cache in the model dtype)")
         return precision
+    if engine in ("vllm", "sglang") and "source_file=nvidia_" in _text(row, "notes"):
+        # NVIDIA's ModelOpt checkpoints (nvidia/*-FP8) carry kv_cache_quant_algo FP8, which vLLM's and SGLang's
+        # kv-cache dtype 'auto' loads (vllm-project/vllm PR #29980). A bf16 cache also cannot give these rows'
+        # TPOT: reading it alone would take most of the measured step at the datasheet bandwidth.
+        notes.append("kv_dtype fp8 assumed (not stated; NVIDIA ModelOpt checkpoint with kv_cache_quant_algo FP8, "
+                     "which the engine's kv-cache dtype 'auto' loads)")
+        return "fp8"
     if engine in ("vllm", "sglang"):
         notes.append("kv_dtype bf16 assumed (not stated; the engine's default kv-cache dtype 'auto' keeps the "
                      "model dtype, no --kv-cache-dtype recorded)")

@@ -4,8 +4,10 @@ One iteration (a 'round' when pp > 1: every one of the pp micro-batches passes e
 `d` decoding sequences (one token each, mean context `c`) and `p` prompt tokens (mean causal context `cp`).
 Per GPU of the busiest stage:
 - linear layers: max(FLOPs / achieved peak, weight bytes / achieved HBM bandwidth) — prefill is compute-bound,
-  small-batch decode is bound by reading the weights (Pope et al. 2022, §3.1-3.2; roofline, Williams et al. 2009);
-  routed experts are read only when some token picks them: 1 - (1 - k/E)^tokens of them; the grouped expert
+  small-batch decode is bound by reading the weights (Pope et al. 2022, §3.1-3.2; roofline, Williams et al. 2009),
+  taken per operator: the dense GEMMs and the routed-expert GEMMs are separate kernels, each at its own bound
+  (a prefill's dense GEMMs are compute-bound while its experts, a few tokens each, may still be bound by reading
+  them); routed experts are read only when some token picks them: 1 - (1 - k/E)^tokens of them; the grouped expert
   GEMMs also stream each routed token's activations through HBM (permute, gate/up out, activation, down in,
   unpermute: 2·hidden + 6·moe_ffn elements per token and expert; Gale et al. 2023, MegaBlocks §3), which
   at large batches outweighs the few FLOPs of a small expert;
@@ -70,6 +72,9 @@ class IterationModel:
     expert_weights_s: np.ndarray
     """Reading all routed-expert weights of a GPU, for all pp micro-batches (scaled by the share touched)."""
     linear_s_per_token: np.ndarray
+    """FLOP time of the dense (non-expert) GEMMs per token."""
+    expert_linear_s_per_token: np.ndarray
+    """FLOP time of the routed-expert GEMMs per token (top-k experts)."""
     lm_head_s_per_token: np.ndarray
     moe_act_s_per_token: np.ndarray
     """HBM time of the routed tokens' activations in the expert GEMMs, per token."""
@@ -94,9 +99,10 @@ class IterationModel:
         """Each term of one iteration's time, seconds (broadcast over deployments and loads)."""
         tokens = np.asarray(d, dtype=np.float64) + p
         touched = 1.0 - (1.0 - self.expert_pick) ** np.maximum(tokens / self.pp, 1.0) if self.expert_pick else 0.0
-        linear = np.maximum(tokens * self.linear_s_per_token + np.asarray(d) * self.lm_head_s_per_token,
-                            self.dense_weights_s + self.expert_weights_s * touched
-                            + tokens * self.moe_act_s_per_token)
+        linear = (np.maximum(tokens * self.linear_s_per_token + np.asarray(d) * self.lm_head_s_per_token,
+                             self.dense_weights_s)
+                  + np.maximum(tokens * self.expert_linear_s_per_token,
+                               self.expert_weights_s * touched + tokens * self.moe_act_s_per_token))
         attention = np.maximum((np.asarray(d) * c + np.asarray(p) * cp) * self.attn_s_per_token_ctx,
                                np.asarray(d) * c * self.kv_s_per_token_ctx)
         return {
@@ -151,7 +157,8 @@ def iteration_model(model: ModelSpec, cluster: ClusterSpec, t: DeploymentTable, 
     lm_head = float(lm_head_gemm(model).n * lm_head_gemm(model).k)
     active_experts = model.num_moe_layers * model.moe_topk * model.expert_params() if model.is_moe else 0
     active_dense = float(model.active_params() - active_experts) - lm_head - model.embedding_params()
-    linear_per_token = 2.0 * (active_dense / t.pp + active_experts / t.pp) / (t.tp * t.attn_dp) / linear_flops_s
+    linear_per_token = 2.0 * active_dense / t.pp / (t.tp * t.attn_dp) / linear_flops_s
+    expert_linear_per_token = 2.0 * active_experts / t.pp / (t.tp * t.attn_dp) / linear_flops_s
     lm_head_per_token = 2.0 * lm_head / (t.tp * t.attn_dp) / linear_flops_s
     moe_act_bytes = (model.num_moe_layers * model.moe_topk * (2.0 * model.hidden + 6.0 * model.moe_ffn_hidden)
                      * ACTIVATION_BYTES) if model.is_moe else 0.0  # bytes per token, all MoE layers
@@ -186,7 +193,8 @@ def iteration_model(model: ModelSpec, cluster: ClusterSpec, t: DeploymentTable, 
         fixed_s=eff.overhead_for(engine) * one, per_sequence_s=eff.sequence_overhead_s,
         dense_weights_s=t.pp * dense_bytes / hbm,
         expert_weights_s=t.pp * expert_bytes / hbm,
-        linear_s_per_token=linear_per_token, lm_head_s_per_token=lm_head_per_token,
+        linear_s_per_token=linear_per_token, expert_linear_s_per_token=expert_linear_per_token,
+        lm_head_s_per_token=lm_head_per_token,
         moe_act_s_per_token=moe_act_per_token,
         attn_s_per_token_ctx=attn_per_token_ctx, kv_s_per_token_ctx=kv_per_token_ctx,
         tp_latency_s=tp_latency, tp_s_per_token=tp_per_token, ep_latency_s=ep_latency, ep_s_per_token=ep_per_token,

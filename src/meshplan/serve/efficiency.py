@@ -34,11 +34,16 @@ class ServingEfficiency(Frozen):
     """Time per sequence in flight per iteration (per-request scheduling, sampling, detokenisation), seconds."""
     request_overhead_s: dict[str, float] = Field(default_factory=dict)
     """Fixed part of TTFT per engine: API server, tokenisation, admission into the scheduler, seconds."""
+    lockstep_share: dict[str, float] = Field(default_factory=dict)
+    """Per engine (its benchmark client): share of closed-loop restarts that reach the scheduler together with
+    others (fixed-length requests admitted in one iteration finish in one iteration; a client that adds no
+    jitter to the restart sends them back together, and they share one prefill iteration), 0-1. Fitted."""
     requests_per_client: float = Field(default=10.0, ge=1)
     """Requests each closed-loop client sends in a measured benchmark run whose request count its source does
     not state (requests). Benchmark clients send their first requests together, so the first wave's prompts
-    queue behind each other; the share of such requests in a run is 1 / requests_per_client. Fitted; used
-    only to price the published runs (a user's workload states its own request count)."""
+    queue behind each other; the share of such requests in a run is 1 / requests_per_client. Assumed, not
+    fitted: once the lockstep share prices the later waves, the published runs do not tell it apart (a fit gave
+    42 ± 91). Used only to price the published runs (a user's workload states its own request count)."""
     memory_fraction: float = Field(default=0.9, gt=0, le=1)
     """Fraction of the memory left after weights, activations and runtime that the KV cache takes (TensorRT-LLM
     kv_cache_free_gpu_mem_fraction 0.9; vLLM --gpu-memory-utilization 0.9 is close). Not fitted."""
@@ -60,6 +65,9 @@ class ServingEfficiency(Frozen):
 
     def overhead_for(self, engine: str) -> float:
         return self.iteration_overhead_s.get(engine, self.iteration_overhead_s[self.fallback_engine])
+
+    def lockstep_for(self, engine: str) -> float:
+        return self.lockstep_share.get(engine, self.lockstep_share.get(self.fallback_engine, 0.0))
 
     def request_overhead_for(self, engine: str) -> float:
         return self.request_overhead_s.get(engine, self.request_overhead_s.get(self.fallback_engine, 0.0))

@@ -199,7 +199,8 @@ def provenance(eff: ServingEfficiency, cluster: ClusterSpec, engine: str, simula
         "compute_efficiency": f"{compute:.3f} of peak, {where}",
         "hbm_efficiency": f"{eff.hbm:.3f} of HBM bandwidth, {eff.source}",
         "overheads": f"{eff.overhead_for(engine) * 1e3:.2f} ms/iteration + {eff.sequence_overhead_s * 1e6:.1f} us/sequence "
-                     f"({engine}), TTFT +{eff.request_overhead_for(engine) * 1e3:.0f} ms; {eff.source}",
+                     f"({engine}), TTFT +{eff.request_overhead_for(engine) * 1e3:.0f} ms, lockstep share of closed-loop "
+                     f"clients {eff.lockstep_for(engine):.2f}; {eff.source}",
         "links": "cluster spec (datasheet defaults), α-β collectives (meshplan.cost.comm)",
         "kv_capacity": f"HBM - weights - activations - {eff.runtime_bytes / 1e9:g} GB runtime, x{eff.memory_fraction} "
                        "(not fitted)",
@@ -238,7 +239,7 @@ def estimate_serving(req: ServeRequest | dict[str, Any], eff: ServingEfficiency 
         raise PlanError(f"one sequence of {work.isl}+{work.osl} tokens needs more KV cache than the "
                         f"{cap.kv_tokens[0]:.0f} tokens left on {dep.label()}; raise tp/pp or shorten the lengths")
     fig = steady_state(it, work, seq_cap, table.max_batch, table.chunk_tokens, table.replicas, "continuous",
-                       eff.request_overhead_for(req.engine))
+                       eff.request_overhead_for(req.engine), eff.lockstep_for(req.engine))
     ttft, tpot = float(fig.ttft_s[0]), float(fig.tpot_s[0])
     total = float(fig.output_tokens_per_s[0]) * dep.replicas
     percentiles: dict[str, dict[str, float]] = {}
@@ -246,7 +247,7 @@ def estimate_serving(req: ServeRequest | dict[str, Any], eff: ServingEfficiency 
         sim = simulate(it, work, kv_tokens=float(cap.kv_tokens[0]), max_batch=dep.max_batch,
                        chunk_tokens=dep.chunk_tokens, replicas=dep.replicas,
                        request_overhead_s=eff.request_overhead_for(req.engine),
-                       num_requests=min(work.num_requests, 2000))
+                       num_requests=min(work.num_requests, 2000), lockstep=eff.lockstep_for(req.engine))
         percentiles = {m: {f"p{p:g}": sim.percentile(m, p) * 1e3 for p in PERCENTILES} for m in ("ttft", "tpot")}
         percentiles = {f"{m}_ms": v for m, v in percentiles.items()}
         if work.request_rate is not None and not work.offline:  # open loop: the simulation is the model of queues

@@ -2,8 +2,10 @@
 
 Least squares on log(predicted / measured) of TTFT, TPOT and throughput (soft-L1, as the training fit), so a
 10% miss weighs the same on every metric and row; the predictions are those of `meshplan serve --estimate`
-(steady state, and the scheduler simulation for finite request rates). Parameters: compute fraction per GPU architecture, the HBM
-fraction, and the fixed iteration time per engine: few, physically meaningful, shared by all rows.
+(steady state, and the scheduler simulation for finite request rates). Parameters: compute fraction per GPU
+architecture, the HBM fraction, the fp8/fp4 fraction relative to bf16, one time per sequence per iteration, and
+per engine the fixed iteration time, the fixed part of TTFT and the lockstep share of its benchmark clients: few,
+physically meaningful, shared by all rows.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def predict_run(run: PublishedServingRun, eff: ServingEfficiency, simulate_rates
     cap = capacity(run.model, run.gpu, table, eff.memory_fraction, eff.runtime_bytes)
     it = iteration_model(run.model, cluster, table, eff, run.engine)
     fig = steady_state(it, work, cap.max_sequences(work.isl + work.osl / 2.0), table.max_batch, table.chunk_tokens,
-                       table.replicas, scheduler, eff.request_overhead_for(run.engine))
+                       table.replicas, scheduler, eff.request_overhead_for(run.engine), eff.lockstep_for(run.engine))
     predicted = {"ttft": float(fig.ttft_s[0]) * 1e3, "tpot": float(fig.tpot_s[0]) * 1e3,
                  "throughput": float(fig.output_tokens_per_s[0] * dep.replicas)}
     if simulate_rates and run.request_rate is not None and not run.offline:
@@ -78,7 +80,8 @@ def predict_run(run: PublishedServingRun, eff: ServingEfficiency, simulate_rates
 
         sim = simulate(it, work, kv_tokens=float(cap.kv_tokens[0]), max_batch=dep.max_batch,
                        chunk_tokens=dep.chunk_tokens, replicas=dep.replicas,
-                       request_overhead_s=eff.request_overhead_for(run.engine), num_requests=min(work.num_requests, 600))
+                       request_overhead_s=eff.request_overhead_for(run.engine), num_requests=min(work.num_requests, 600),
+                       lockstep=eff.lockstep_for(run.engine))
         predicted = {"ttft": float(sim.ttft_s.mean()) * 1e3, "tpot": float(sim.tpot_s.mean()) * 1e3,
                      "throughput": float(sim.output_tokens_per_s) * dep.replicas}
     ttft = run.measured_ttft_ms
@@ -110,8 +113,8 @@ def _names(runs: Sequence[PublishedServingRun]) -> list[str]:
     archs = [a for a in _ARCHS if any(r.gpu.architecture == a for r in runs)]
     engines = [e for e in _ENGINES if any(r.engine == e for r in runs)]
     return ([f"compute.{a}" for a in archs] + ["hbm"] + [f"iteration_overhead_s.{e}" for e in engines]
-            + [f"request_overhead_s.{e}" for e in engines] + ["low_precision_ratio", "sequence_overhead_s",
-                                                                 "requests_per_client"])
+            + [f"request_overhead_s.{e}" for e in engines] + [f"lockstep_share.{e}" for e in engines]
+            + ["low_precision_ratio", "sequence_overhead_s"])
 
 
 def _bounds(name: str) -> tuple[float, float]:
@@ -125,15 +128,12 @@ def _bounds(name: str) -> tuple[float, float]:
         return 0.0, 0.5  # s
     if name == "sequence_overhead_s":
         return 0.0, 1e-4  # s
-    if name == "requests_per_client":
-        return 1.0, 100.0  # requests
     if name == "low_precision_ratio":
         return 0.3, 1.0
-    return 0.0, 1.0
+    return 0.0, 1.0  # lockstep_share: a probability
 
 
-_SCALE = {"iteration_overhead_s": 1e-3, "request_overhead_s": 1e-2, "sequence_overhead_s": 1e-5,
-          "requests_per_client": 10.0}
+_SCALE = {"iteration_overhead_s": 1e-3, "request_overhead_s": 1e-2, "sequence_overhead_s": 1e-5}
 
 
 def _scale(name: str) -> float:

@@ -155,7 +155,7 @@ def _price(req: ServeSearchRequest, gpu: GpuSpec, eff: ServingEfficiency, deps: 
     it = iteration_model(req.model, cluster, table, eff, req.engine)
     seq_cap = cap.max_sequences(w.isl + w.osl / 2.0)
     fig = steady_state(it, w, seq_cap, table.max_batch, table.chunk_tokens, table.replicas, "continuous",
-                       eff.request_overhead_for(req.engine))
+                       eff.request_overhead_for(req.engine), eff.lockstep_for(req.engine))
     ok = cap.fits & (seq_cap >= 1) & ~fig.overloaded
     total = fig.output_tokens_per_s * table.replicas
     out = []
@@ -255,7 +255,8 @@ def _simulated(c: Candidate, req: ServeSearchRequest, eff: ServingEfficiency, gp
     it = iteration_model(req.model, cluster, table, eff, req.engine)
     sim = simulate(it, req.workload, kv_tokens=c.kv_tokens, max_batch=c.deployment.max_batch,
                    chunk_tokens=c.deployment.chunk_tokens, replicas=c.deployment.replicas,
-                   request_overhead_s=eff.request_overhead_for(req.engine), num_requests=300)
+                   request_overhead_s=eff.request_overhead_for(req.engine), num_requests=300,
+                   lockstep=eff.lockstep_for(req.engine))
     ttft = sim.percentile("ttft", req.ttft.percentile) if req.ttft else None
     tpot = sim.percentile("tpot", req.tpot.percentile) if req.tpot else None
     return Candidate(**{**c.__dict__, "ttft_pct_s": ttft, "tpot_pct_s": tpot})

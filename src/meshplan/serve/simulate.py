@@ -50,8 +50,9 @@ class _Scalar:
         f = self.f
         tokens = d + p
         touched = 1.0 - (1.0 - f["expert_pick"]) ** max(tokens / f["pp"], 1.0) if f["expert_pick"] else 0.0
-        linear = max(tokens * f["linear_s_per_token"] + d * f["lm_head_s_per_token"],
-                     f["dense_weights_s"] + f["expert_weights_s"] * touched + tokens * f["moe_act_s_per_token"])
+        linear = (max(tokens * f["linear_s_per_token"] + d * f["lm_head_s_per_token"], f["dense_weights_s"])
+                  + max(tokens * f["expert_linear_s_per_token"],
+                        f["expert_weights_s"] * touched + tokens * f["moe_act_s_per_token"]))
         attention = max((d * c + p * cp) * f["attn_s_per_token_ctx"], d * c * f["kv_s_per_token_ctx"])
         return (f["fixed_s"] + d * f["per_sequence_s"] + linear + attention
                 + f["tp_latency_s"] + tokens * f["tp_s_per_token"] + f["ep_latency_s"] + tokens * f["ep_s_per_token"]
@@ -72,8 +73,13 @@ def _sample(rng: np.random.Generator, hist: tuple[tuple[int, float], ...], n: in
 
 
 def simulate(it: IterationModel, w: ServeWorkload, *, kv_tokens: float, max_batch: int, chunk_tokens: int,
-             replicas: int, request_overhead_s: float = 0.0, num_requests: int = 400, seed: int = 0) -> SimResult:
-    """Simulate one instance (traffic split evenly over `replicas`); `it` must hold one deployment."""
+             replicas: int, request_overhead_s: float = 0.0, num_requests: int = 400, seed: int = 0,
+             lockstep: float = 0.0) -> SimResult:
+    """Simulate one instance (traffic split evenly over `replicas`); `it` must hold one deployment.
+
+    In a closed loop each client, with probability `lockstep`, restarts every request as soon as the last one
+    ends (the mean overhead, no jitter); the others leave the first wave after a random pause and then restart
+    after a varying overhead (see `steady_state`)."""
     step = _Scalar(it)
     rng = np.random.default_rng(seed)
     n = num_requests
@@ -98,11 +104,12 @@ def simulate(it: IterationModel, w: ServeWorkload, *, kv_tokens: float, max_batc
         # Benchmark clients send their first requests together (a synchronised first wave, as steady.py prices
         # it); each later request is released when an earlier one finishes.
         arrival[in_flight:] = math.inf
-    # The per-request overhead (client, HTTP, tokenisation) varies: exponential around its mean in a closed loop,
-    # which spreads restarts that finished in the same iteration. Requests enter the queue in release order.
+    # The per-request overhead (client, HTTP, tokenisation) varies: exponential around its mean in a closed loop.
+    # Requests enter the queue in release order.
     overhead = request_overhead_s * (rng.exponential(1.0, n) if closed else np.ones(n))
     if closed:
         overhead[:in_flight] = np.sort(overhead[:in_flight])
+    sent = arrival.copy()  # when the client sends (TTFT counts from here)
     arrival = arrival + overhead
 
     first = np.full(n, math.nan)
@@ -121,6 +128,9 @@ def simulate(it: IterationModel, w: ServeWorkload, *, kv_tokens: float, max_batc
     pending = [(arrival_of[r], r) for r in range(released)]  # sent, not yet arrived: a heap by arrival time
     heapq.heapify(pending)
     clock = 0.0
+    life_sum, lives = 0.0, 0  # send-to-last-token times of the completed requests
+    client_of = list(range(released)) if closed else []  # closed loop: the client that sent each request
+    locked = [False] * len(client_of)  # clients that restart in lockstep
     kv_used = 0
     batch_sum = 0.0
     iterations = 0
@@ -165,21 +175,35 @@ def simulate(it: IterationModel, w: ServeWorkload, *, kv_tokens: float, max_batc
                     num_decoding += 1
                     ctx_sum += isl_of[r] + 1
                     finish_at.setdefault(iterations + osl_of[r] - 1, []).append(r)
+        # Clients leave the synchronised first wave at random phases, as steady.py assumes (later requests arrive
+        # spread out): a first-wave request's successor is sent after a pause drawn uniformly over one request's
+        # life, except, with probability `lockstep`, at once with the others that finished in its iteration.
+        # Fixed lengths then keep the spacing, and the groups.
         for r in finish_at.pop(iterations, ()):
             done[r] = clock
+            life_sum += clock - sent[r]
+            lives += 1
             kv_used -= isl_of[r] + osl_of[r]
             if osl_of[r] > 1:
                 num_decoding -= 1
                 ctx_sum -= isl_of[r] + osl_of[r]
             if closed and released < n:
-                arrival_of[released] = clock + float(overhead[released])
+                client = client_of[r]
+                client_of.append(client)
+                if r < in_flight:  # the client's first restart decides whether it stays in lockstep
+                    locked[client] = lockstep > 0.0 and bool(rng.random() < lockstep)
+                if locked[client]:
+                    overhead[released] = request_overhead_s
+                pause = 0.0 if locked[client] or r >= in_flight else float(rng.uniform(0.0, life_sum / lives))
+                sent[released] = clock + pause
+                arrival_of[released] = float(sent[released] + overhead[released])
                 arrival[released] = arrival_of[released]
                 heapq.heappush(pending, (arrival_of[released], released))
                 released += 1
         if released >= n and not pending and not waiting and not prefilling and num_decoding == 0 and not finish_at:
             break
     ok = ~np.isnan(done)
-    ttft = first[ok] - (arrival[ok] - overhead[ok])
+    ttft = first[ok] - sent[ok]
     tpot = (done[ok] - first[ok]) / np.maximum(osl[ok] - 1, 1)
     # Throughput: closed loop over the middle of the run (completions 10%..90%, past ramp-up, before drain);
     # open loop and offline over the whole run, first arrival to last completion.
@@ -191,6 +215,6 @@ def simulate(it: IterationModel, w: ServeWorkload, *, kv_tokens: float, max_batc
         window = finish[hi] - finish[lo]
     else:
         tokens = float(np.sum(osl[ok]))
-        window = (finish[-1] - float(np.min(arrival[ok] - overhead[ok]))) if len(finish) else 0.0
+        window = (finish[-1] - float(np.min(sent[ok]))) if len(finish) else 0.0
     rate = tokens / window if window > 0 else math.nan
     return SimResult(ttft, tpot, rate, batch_sum / max(iterations, 1))

@@ -48,7 +48,7 @@ def _mean_context(w: ServeWorkload) -> float:
 
 def steady_state(it: IterationModel, w: ServeWorkload, seq_cap: np.ndarray, max_batch: np.ndarray,
                  chunk: np.ndarray, replicas: np.ndarray, scheduler: Scheduler = "continuous",
-                 request_overhead_s: float = 0.0) -> SteadyFigures:
+                 request_overhead_s: float = 0.0, lockstep: float = 0.0) -> SteadyFigures:
     """Mean TTFT, TPOT and throughput of each deployment for workload `w`.
 
     `request_overhead_s` is added to every TTFT (API server, tokenisation). A closed loop is a benchmark run of
@@ -56,7 +56,16 @@ def steady_state(it: IterationModel, w: ServeWorkload, seq_cap: np.ndarray, max_
     queue behind each other (the i-th waits for i - 1 prefills, (B - 1) / 2 on average); each request then
     restarts when its predecessor ends, after a client/server overhead that varies from request to request,
     so later waves arrive spread out and wait for no prompt but their own. Averaged over the run, the first
-    wave weighs concurrency / num_requests."""
+    wave weighs concurrency / num_requests.
+
+    Prompts that reach the scheduler together share iterations: as many whole prompts as the token budget
+    holds (g = chunk // prompt, at least 1, at most B) go into one iteration, and each of them gets its first
+    token when that iteration ends, so it waits for the g - 1 others' prefill as well (Orca's iteration-level
+    batching, Yu et al. 2022 §4). The first wave is made of such groups, the i-th waiting for the i - 1 before it.
+    Clients then leave the first wave at random phases, except that each restarts at once, with probability
+    `lockstep`, when its request ends (a client that adds no pause; fixed-length requests that started together
+    end together or one prefill apart). Fixed lengths keep both the spacing and the cohort: the lockstep
+    clients, lockstep·B of them, arrive together every wave, a first wave of their own."""
     prompt = w.prefill_tokens
     ctx = _mean_context(w)
     cap = np.maximum(np.minimum(max_batch, seq_cap), 1.0)
@@ -97,10 +106,19 @@ def steady_state(it: IterationModel, w: ServeWorkload, seq_cap: np.ndarray, max_
     if w.concurrency is not None or w.offline:
         b = np.minimum(in_flight, cap)
         tpot, service, life = solve(b)
-        if w.concurrency is not None:  # the first wave: prefills of the clients ahead, one request alone each
+        if w.concurrency is not None:
+            # One prompt's own prefill compute; a group of g prompts shares an iteration (see the docstring).
             one_prefill = it.time(0.0, 0.0, prompt, prompt / 2.0) - it.time(0.0, 0.0, 0.0, 0.0)
+
+            def wave(n: np.ndarray) -> np.ndarray:
+                """Mean wait of n prompts sent together for the others' prefill: its own iteration's g - 1 and
+                the groups ahead of it."""
+                group = np.clip(np.floor(chunk / prompt), 1.0, np.maximum(n, 1.0))
+                groups_ahead = (np.ceil(np.maximum(n, 1.0) / group) - 1.0) / 2.0
+                return (group - 1.0 + groups_ahead * group) * one_prefill
+
             first_wave = min(w.concurrency / w.num_requests, 1.0)
-            service = service + first_wave * np.maximum(b - 1.0, 0.0) / 2.0 * one_prefill
+            service = service + first_wave * wave(b) + (1.0 - first_wave) * lockstep * wave(lockstep * b)
         completions = b / (service + life * tpot)  # requests/s per instance
         if w.offline:
             # All requests at once: they are served B at a time; the mean request waits for half the run.
