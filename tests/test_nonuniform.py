@@ -46,7 +46,15 @@ def test_uniform_split_prices_as_the_uniform_cost_model(name: str, gpus: int, st
     got = price(table, bounds, np.full(model.num_layers, RECOMPUTE_CODES.index(strategy.recompute)))
     want = training_cost(model, cluster, workload, StrategyTable.from_strategies([strategy]), default_efficiency())
     assert got.step_time_s[0] == pytest.approx(want.step_time_s[0], rel=1e-12)
-    assert got.peak_bytes[0] == pytest.approx(want.peak_memory_bytes[0], rel=1e-12)
+    if strategy.zero == 3 and strategy.pp > 1:
+        # ZeRO-3 under PP: training_cost keeps the larger of the backward's moment (no sharded gradients yet) and
+        # the final reduce-scatter's (no activations); the stage DP adds both, a bound above by at most the
+        # activations and logits it counts at the end.
+        extra = want.memory.activations[0] + want.memory.logits[0] + want.memory.gradients[0]
+        assert want.peak_memory_bytes[0] <= got.peak_bytes[0] <= want.peak_memory_bytes[0] + extra
+        assert got.peak_bytes[0] > want.peak_memory_bytes[0]
+    else:
+        assert got.peak_bytes[0] == pytest.approx(want.peak_memory_bytes[0], rel=1e-12)
 
 
 def test_interleaved_base_is_refused() -> None:

@@ -335,9 +335,11 @@ def training_cost(model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkloa
     # reduce-scatter after every micro-batch's backward (DeepSpeed stage 2 with gradient accumulation).
     exposed_rs = np.maximum(grad_rs - bwd_window, 0.0)
     once = exposed_rs + np.maximum(param_ag - fwd_window, 0.0)  # one gather and one reduce-scatter per step
-    # ZeRO-3 under PP gathers once and reduce-scatters after the last micro-batch: torch.distributed.pipelining
-    # keeps the stage unsharded between micro-batches (`set_reshard_after_backward(False)`, no gradient sync).
-    zero3 = np.where(t.pp > 1, once, m * (np.maximum(zero3_mb - eff.dp_overlap * compute_mb, 0.0) + zero3_mb / units))
+    # ZeRO-3 under PP gathers each layer once and reduce-scatters it after the last micro-batch:
+    # torch.distributed.pipelining keeps the stage unsharded between micro-batches (`set_reshard_after_backward
+    # (False)`, no gradient sync until the last), but FSDP still moves one unit (layer) per collective.
+    zero3_pp = np.maximum(layer_rs - bwd_window, 0.0) + np.maximum(layer_ag - fwd_window, 0.0)
+    zero3 = np.where(t.pp > 1, zero3_pp, m * (np.maximum(zero3_mb - eff.dp_overlap * compute_mb, 0.0) + zero3_mb / units))
     dp_comm = np.select(
         [t.zero == 0, t.zero == 1, t.zero == 2],
         [np.maximum(grad_ar - bwd_window, 0.0), once, m * exposed_rs + np.maximum(param_ag - fwd_window, 0.0)],
@@ -371,7 +373,7 @@ def training_cost(model: ModelSpec, cluster: ClusterSpec, workload: TrainWorkloa
     selective_flops = model.num_layers * F.attention_core_flops_per_token(model, workload.seq_len, False) * tokens_per_step
     hw_flops = model_flops * (1.0 + recompute_share) + np.where(t.recompute == SELECTIVE, selective_flops, 0.0)
     num_gpus = float(cluster.num_gpus)
-    memory = _scaled_memory(memory_breakdown(model, workload, t), eff)
+    memory = _zero3_pipeline_peak(_scaled_memory(memory_breakdown(model, workload, t), eff), t)
     peak_mem = memory.total
     return TrainingCost(
         step_time_s=step,
@@ -405,6 +407,22 @@ def _peak_provenance(gpu: GpuSpec, precision: str, peak: float, eff: Efficiency)
     if eff.layer == "measured profile":
         return f"measured profile: {gpu.name} {peak / 1e9:,.1f} GFLOP/s achieved per device ({gpu.sources.get('peak_flops', '')})"
     return f"datasheet: {gpu.name} {precision} {peak / 1e12:,.0f} TFLOP/s (meshplan gpus --json)"
+
+
+def _zero3_pipeline_peak(memory: MemoryBreakdown, t: StrategyTable) -> MemoryBreakdown:
+    """ZeRO-3 under PP: the pipeline defers the gradient reduce-scatter to the stage's last micro-batch, so the sharded
+    gradients come into being after its activations and logits are freed. The peak is the larger of the two
+    moments: the backward's (activations and logits, no sharded gradients yet) or the final reduce-scatter's
+    (sharded gradients, no activations); the breakdown shows what is alive then. (The stage DP of non-uniform
+    plans adds both, a bound above this.)"""
+    deferred = (t.zero == 3) & (t.pp > 1) & (memory.buffers > 0)
+    at_end = deferred & (memory.gradients > memory.activations + memory.logits)
+    in_backward = deferred & ~at_end
+    zero = np.zeros_like(memory.gradients)
+    return MemoryBreakdown(**{**{k: getattr(memory, k) for k in MemoryBreakdown.__dataclass_fields__},
+                              "gradients": np.where(in_backward, zero, memory.gradients),
+                              "activations": np.where(at_end, zero, memory.activations),
+                              "logits": np.where(at_end, zero, memory.logits)})
 
 
 def _scaled_memory(memory: MemoryBreakdown, eff: Efficiency) -> MemoryBreakdown:
