@@ -50,8 +50,8 @@ class Problem:
 PROBLEMS = [
     Problem("Llama-3.1-8B, 64 x H100", "llama-3.1-8b", "H100", 64, 512, 4096, {}),
     Problem("Llama-3.1-70B, 512 x H100", "llama-3.1-70b", "H100", 512, 1024, 4096, {}),
-    Problem("Llama-3.1-405B, 16,384 x H100 (tp8 pp16)", "llama-3.1-405b", "H100", 16384, 2048, 8192,
-            {"tp": 8, "pp": 16, "cp": 1}),
+    Problem("Llama-3.1-405B, 16,384 x H100 (tp8 pp16 z1)", "llama-3.1-405b", "H100", 16384, 2048, 8192,
+            {"tp": 8, "pp": 16, "cp": 1, "zero": 1}),
     Problem("Llama-3.1-405B, 16,384 x H100 (free)", "llama-3.1-405b", "H100", 16384, 2048, 8192, {}),
     Problem("DeepSeek-V3, 2,048 x H800 (pp16 ep64)", "deepseek-v3", "H800", 2048, 15360, 4096,
             {"tp": 1, "pp": 16, "ep": 64}),
