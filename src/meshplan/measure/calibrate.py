@@ -134,6 +134,19 @@ def calibrate(runs: Sequence[RunRecord], profile: HardwareProfile, start: Effici
     fitted = [Fitted(n, float(v), float(e)) for n, v, e in zip(names, sol.x, stderr)]
 
     memory_fitted, memory_update = _fit_memory(states, acts, before_peak - states - acts, measured_mem, start)
+    # ZeRO-3 under PP peaks at one of two moments, and which one depends on the scales (`cost.training`): refit with
+    # the breakdown taken at the fitted scales until the moments settle (they do in one or two rounds)
+    for _ in range(3):
+        if not memory_update:
+            break
+        at_fit = start.model_copy(update=memory_update)
+        _, peak_fit, states_fit, acts_fit = _costs(ok, profile, at_fit)
+        if np.allclose(states_fit / at_fit.memory_state_scale, states / start.memory_state_scale, rtol=1e-12) and \
+                np.allclose(acts_fit / at_fit.memory_activation_scale, acts / start.memory_activation_scale, rtol=1e-12):
+            break
+        states = states_fit * start.memory_state_scale / at_fit.memory_state_scale
+        acts = acts_fit * start.memory_activation_scale / at_fit.memory_activation_scale
+        memory_fitted, memory_update = _fit_memory(states, acts, before_peak - states - acts, measured_mem, start)
     fitted += memory_fitted
     when = datetime.now(UTC).isoformat(timespec="seconds")
     values = {f.name: f.value for f in fitted if f.name in names}
