@@ -201,7 +201,7 @@ def apply_data_parallel(module: Decoder, s: Strategy, mesh: DeviceMesh) -> DataP
             fully_shard(module.tok_embeddings, mesh=mesh["dp"], reshard_after_forward=reshard)
         for block in module.layers.values():
             fully_shard(block, mesh=mesh["dp"], reshard_after_forward=reshard)
-        if module.output is not None:
+        if module.output is not None and module.norm is not None:  # the last stage: final norm and head together
             fully_shard([module.norm, module.output], mesh=mesh["dp"], reshard_after_forward=False)
         fully_shard(module, mesh=mesh["dp"], reshard_after_forward=reshard)
         return DataParallel("fsdp", module)
