@@ -199,7 +199,8 @@ def _zero3_gathered(model: ModelSpec, t: StrategyTable) -> np.ndarray:
     `apply_fsdp`). Under PP, torch.distributed.pipelining keeps a stage's weights and gradients unsharded until
     its last micro-batch (`set_requires_gradient_sync(False)`, `set_reshard_after_backward(False)`)."""
     layer = (model.attention_params() + max(model.dense_mlp_params(), model.moe_mlp_params() if model.is_moe else 0)) / t.tp
-    head = (model.vocab * model.hidden + model._norm_params(model.hidden)) / t.tp
+    # the head unit: the output projection (the embedding matrix itself when tied) and the final norm
+    head = (model.lm_head_params() + (model.vocab * model.hidden if model.tied_embeddings else 0)) / t.tp
     return GATHER_BYTES * (2 * head + layer)
 
 
