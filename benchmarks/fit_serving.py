@@ -6,7 +6,9 @@
     .venv/bin/python benchmarks/fit_serving.py --dry-run --leave-one-source-out
 
 Rows marked UNCERTAIN in the data (undocumented layouts, an unnamed engine) are left out of the fit; they are
-still reported by serving_accuracy.py. Factors of an engine or architecture without fitted rows keep their
+still reported by serving_accuracy.py. The one exception is a second stage: the unnamed engine of splitwise-sim's
+profiles ("unknown") runs its all-reduces without a one-shot kernel, and the NCCL step latency that prices them
+can come only from that engine's own rows; it is fitted on them with every shared factor held. Factors of an engine or architecture without fitted rows keep their
 starting value and say so through the fallback rules of `ServingEfficiency`.
 """
 
@@ -66,6 +68,19 @@ def _leave_one_source_out(runs: list[PublishedServingRun]) -> None:
         print(f"  {source:22s} ({len(held):3d} rows)  {_mean_abs_by_metric(held, fitted)}")
 
 
+def _fit_unnamed_engine(all_runs: list[PublishedServingRun], eff: ServingEfficiency) -> ServingEfficiency:
+    """Second stage: the NCCL all-reduce step latency of the unnamed engine, on its own (UNCERTAIN) rows only."""
+    rows = [r for r in all_runs if r.engine == "unknown"]
+    if not rows:
+        return eff
+    base = eff.model_copy(update={"allreduce_step_latency_s": {"unknown": 2e-5}})
+    stage = fit_serving(rows, base, names=["allreduce_step_latency_s.unknown"])
+    print(f"second stage on the unnamed engine's {len(rows)} rows (shared factors held):")
+    for name, value, err in zip(stage.names, stage.values, stage.stderr, strict=True):
+        print(f"  {name:30s} {value:10.4g} ± {err:.2g}")
+    return stage.efficiency.model_copy(update={"source": eff.source})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="print the fit, write nothing")
@@ -84,6 +99,7 @@ def main() -> int:
     for label, eff in (("before", START), ("after", result.efficiency)):
         e = np.abs(np.expm1(log_errors(runs, eff)))
         print(f"  {label:6s}: mean |error| {np.mean(e):.1%}, median {np.median(e):.1%}, max {np.max(e):.1%}")
+    final = _fit_unnamed_engine(all_runs, result.efficiency)
     if args.leave_one_engine_out:
         _leave_one_engine_out(runs)
     if args.leave_one_source_out:
@@ -91,7 +107,7 @@ def main() -> int:
     if args.dry_run:
         return 0
     path = resources.files("meshplan") / "data" / "efficiency" / "serving.json"
-    text = result.efficiency.model_dump_json(indent=2) + "\n"
+    text = final.model_dump_json(indent=2) + "\n"
     with resources.as_file(path) as p:
         p.write_text(text, encoding="utf-8")
         print(f"wrote {p}")

@@ -97,6 +97,22 @@ def test_tp_across_nodes_keeps_nccl_latency() -> None:
     assert float(it.tp_latency_s[0]) == pytest.approx(2 * model.num_layers * float(nccl[0]))
 
 
+def test_engine_without_one_shot_kernel_pays_nccl_tree_steps() -> None:
+    # An engine listed in allreduce_step_latency_s (NCCL all-reduces, no one-shot kernel) pays 2 log2(k) tree
+    # steps per all-reduce: Llama-2-70B (80 layers, 2 all-reduces each) at tp8 with 27 us steps:
+    # 160 x 2 x 3 x 27e-6 s = 25.92 ms per decode step; at tp2 one step each way: 160 x 2 x 1 x 27e-6 = 8.64 ms.
+    eff = EFF.model_copy(update={"allreduce_step_latency_s": {"unknown": 27e-6},
+                                 "iteration_overhead_s": {"trtllm": 0.0, "unknown": 0.0}})
+    model, gpu = load_model("Llama-2-70B"), load_gpu("A100")
+    tp8 = iteration_model(model, make_cluster(gpu, 8), _table(tp=8), eff, "unknown")
+    tp2 = iteration_model(model, make_cluster(gpu, 2), _table(tp=2), eff, "unknown")
+    assert float(tp8.tp_latency_s[0]) == pytest.approx(25.92e-3)
+    assert float(tp2.tp_latency_s[0]) == pytest.approx(8.64e-3)
+    # the engines with a one-shot kernel keep 2 alpha per all-reduce on the same cluster
+    assert float(iteration_model(model, make_cluster(gpu, 8), _table(tp=8), eff, "trtllm").tp_latency_s[0]) == \
+        pytest.approx(160 * 2 * 5e-6)
+
+
 def test_iteration_time_grows_with_load() -> None:
     model, gpu = load_model("Llama-3.1-70B"), load_gpu("H200")
     it = iteration_model(model, make_cluster(gpu, 2), _table(tp=2, precision="fp8", kv_dtype="fp8"), EFF, "trtllm")

@@ -120,14 +120,18 @@ class IterationModel:
         return sum(self.terms(d, c, p, cp).values())  # type: ignore[return-value]
 
 
-def _tp_all_reduce(bytes_per_token: float, tp: np.ndarray, links: Links) -> tuple[np.ndarray, np.ndarray]:
+def _tp_all_reduce(bytes_per_token: float, tp: np.ndarray, links: Links,
+                   nccl_step_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(latency s, s per token) of one tensor-parallel all-reduce, the lower envelope of the algorithms engines
     switch between by message size: small (decode) messages take the one-shot kernel inside a node (2α: write,
     flag sync; NCCL's tree needs 2·log2(k)·α), large (prefill) ones a bandwidth-optimal ring / two-shot,
-    2(k-1)/k·n/bw."""
+    2(k-1)/k·n/bw. An engine without the one-shot kernel (`nccl_step_s` given) pays NCCL's tree, 2·log2(k)
+    steps of `nccl_step_s` each (Thakur et al. 2005, §4.4)."""
     one = np.ones_like(tp, dtype=np.float64)
     nccl_lat = all_reduce_time(0.0 * one, tp, one, links)
     ring_slope = all_reduce_time(bytes_per_token * one, tp, one, links) - nccl_lat
+    if nccl_step_s is not None:
+        return np.where(tp > 1, 2.0 * np.ceil(np.log2(np.maximum(tp, 1))) * nccl_step_s, 0.0), ring_slope
     in_node = (tp > 1) & (tp <= links.gpus_per_node)
     return np.where(in_node, np.minimum(2.0 * links.intra_latency_s, nccl_lat), nccl_lat), ring_slope
 
@@ -172,7 +176,7 @@ def iteration_model(model: ModelSpec, cluster: ClusterSpec, t: DeploymentTable, 
     one = np.ones_like(t.tp)
     # A pipeline round runs every layer once per micro-batch, over pp micro-batches: L all-reduces' latency
     # per micro-batch and stage... the stage does pp·(L/pp) = L layer passes per round.
-    ar_lat, ar_slope = _tp_all_reduce(act_bytes_per_token, t.tp, links)
+    ar_lat, ar_slope = _tp_all_reduce(act_bytes_per_token, t.tp, links, eff.allreduce_step_latency_for(engine))
     num_ar = 2.0 * model.num_layers
     tp_latency = num_ar * ar_lat
     tp_per_token = num_ar * ar_slope / t.attn_dp

@@ -38,6 +38,11 @@ class ServingEfficiency(Frozen):
     """Per engine (its benchmark client): share of closed-loop restarts that reach the scheduler together with
     others (fixed-length requests admitted in one iteration finish in one iteration; a client that adds no
     jitter to the restart sends them back together, and they share one prefill iteration), 0-1. Fitted."""
+    allreduce_step_latency_s: dict[str, float] = Field(default_factory=dict)
+    """Per engine that runs its tensor-parallel all-reduces as plain NCCL collectives (no one-shot custom kernel):
+    seconds per step of NCCL's tree, which costs 2·log2(k) steps for k GPUs (Thakur et al. 2005, §4.4). Engines
+    not listed use their one-shot kernel (2α of the cluster's links). Fitted for the unnamed engine of
+    splitwise-sim's profiles, whose decode steps grow with TP as 2·log2(k) steps of ~20-30 us would."""
     requests_per_client: float = Field(default=10.0, ge=1)
     """Requests each closed-loop client sends in a measured benchmark run whose request count its source does
     not state (requests). Benchmark clients send their first requests together, so the first wave's prompts
@@ -68,6 +73,9 @@ class ServingEfficiency(Frozen):
 
     def lockstep_for(self, engine: str) -> float:
         return self.lockstep_share.get(engine, self.lockstep_share.get(self.fallback_engine, 0.0))
+
+    def allreduce_step_latency_for(self, engine: str) -> float | None:
+        return self.allreduce_step_latency_s.get(engine)
 
     def request_overhead_for(self, engine: str) -> float:
         return self.request_overhead_s.get(engine, self.request_overhead_s.get(self.fallback_engine, 0.0))

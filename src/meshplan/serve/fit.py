@@ -128,12 +128,15 @@ def _bounds(name: str) -> tuple[float, float]:
         return 0.0, 0.5  # s
     if name == "sequence_overhead_s":
         return 0.0, 1e-4  # s
+    if name.startswith("allreduce_step_latency_s."):
+        return 0.0, 2e-4  # s per NCCL tree step
     if name == "low_precision_ratio":
         return 0.3, 1.0
     return 0.0, 1.0  # lockstep_share: a probability
 
 
-_SCALE = {"iteration_overhead_s": 1e-3, "request_overhead_s": 1e-2, "sequence_overhead_s": 1e-5}
+_SCALE = {"iteration_overhead_s": 1e-3, "request_overhead_s": 1e-2, "sequence_overhead_s": 1e-5,
+          "allreduce_step_latency_s": 1e-5}
 
 
 def _scale(name: str) -> float:
@@ -164,11 +167,13 @@ class ServingFit:
 ROBUST_SCALE = 0.15  # log-error where the soft-L1 loss turns linear (as the training fit)
 
 
-def fit_serving(runs: Sequence[PublishedServingRun], base: ServingEfficiency) -> ServingFit:
-    """Least-squares fit of the serving factors to every measured figure of `runs` (soft-L1 on log errors)."""
+def fit_serving(runs: Sequence[PublishedServingRun], base: ServingEfficiency,
+                names: Sequence[str] | None = None) -> ServingFit:
+    """Least-squares fit of the serving factors (`names`, default every factor the runs inform) to every measured
+    figure of `runs` (soft-L1 on log errors); the other factors keep `base`'s values."""
     from scipy.optimize import least_squares  # type: ignore[import-untyped]
 
-    names = _names(runs)
+    names = list(names) if names is not None else _names(runs)
     scale = np.array([_scale(n) for n in names])
     start = []
     for name in names:
