@@ -8,9 +8,11 @@ time P and the concurrency. This script fits, per engine, curves with MORE free 
 TTFT (3 or 4 per engine, against meshplan's request overhead, lockstep share and iteration overhead), directly
 minimising the mean |error| the goal is stated in, in-sample (optimistic):
 
-    a + b·P + c·C·P          (fixed part, own prefill, queueing that grows with the others' prefills)
-    a + b·P + c·C·P + d·C    (plus a cost per request in flight)
-    a + b·P + c·sqrt(C)·P    (queueing that grows more slowly)
+    a + b·P + c·C·P                  (fixed part, own prefill, queueing that grows with the others' prefills)
+    a + b·P + c·C·P + d·C            (plus a cost per request in flight)
+    a + b·P + c·sqrt(C)·P            (queueing that grows more slowly)
+    a + b·P + c·C·P + d·P·u/(1-u)    (plus an M/D/1 wait at the prefill utilisation u = C·P / (osl·TPOT))
+    a + b·P + c·C·P + d·C·TPOT       (plus waiting on decode steps, with the MEASURED TPOT)
 
 with P taken two ways: meshplan's prefill time of one prompt (fitted factors), and the prompt's FLOPs per GPU over
 the datasheet peak (no fitted factor at all). The best of them is a floor for these rows: a model of P and C that
@@ -36,11 +38,19 @@ from meshplan.serve.efficiency import default_serving_efficiency
 from meshplan.serve.fit import predict_run, run_inputs
 from meshplan.specs.cluster import make_cluster
 
-Form = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+Covariates = dict[str, np.ndarray]
+Form = Callable[[np.ndarray, Covariates], np.ndarray]
+# name: (free parameters, curve). p: prefill of one prompt (s), c: concurrency, u: the prefill's share of the
+# instance's time if clients were spread out, C·P / (osl·TPOT) (the M/D/1 wait grows as u / (1 - u)),
+# tpot: the MEASURED time per output token (a model could not do better than knowing it).
 FORMS: dict[str, tuple[int, Form]] = {
-    "a + b*P + c*C*P": (3, lambda x, p, c: x[0] + x[1] * p + x[2] * c * p),
-    "a + b*P + c*C*P + d*C": (4, lambda x, p, c: x[0] + x[1] * p + x[2] * c * p + x[3] * c),
-    "a + b*P + c*sqrt(C)*P": (3, lambda x, p, c: x[0] + x[1] * p + x[2] * np.sqrt(c) * p),
+    "a + b*P + c*C*P": (3, lambda x, v: x[0] + x[1] * v["p"] + x[2] * v["c"] * v["p"]),
+    "a + b*P + c*C*P + d*C": (4, lambda x, v: x[0] + x[1] * v["p"] + x[2] * v["c"] * v["p"] + x[3] * v["c"]),
+    "a + b*P + c*sqrt(C)*P": (3, lambda x, v: x[0] + x[1] * v["p"] + x[2] * np.sqrt(v["c"]) * v["p"]),
+    "a + b*P + c*C*P + d*P*u/(1-u)": (4, lambda x, v: x[0] + x[1] * v["p"] + x[2] * v["c"] * v["p"]
+                                      + x[3] * v["p"] * v["u"] / (1.0 - v["u"])),
+    "a + b*P + c*C*P + d*C*TPOT": (4, lambda x, v: x[0] + x[1] * v["p"] + x[2] * v["c"] * v["p"]
+                                   + x[3] * v["c"] * v["tpot"]),
 }
 
 
@@ -66,15 +76,18 @@ def _prefill_datasheet_s(run: PublishedServingRun) -> float:
     return (linear + attention) / gpus / peak
 
 
-def _best(form: Form, n: int, p: np.ndarray, c: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
+def _best(form: Form, n: int, v: Covariates, t: np.ndarray) -> tuple[float, np.ndarray]:
     """Least mean |pct error| over non-negative parameters, from several starts."""
     def loss(x: np.ndarray) -> float:
-        return float(np.mean(np.abs(form(np.abs(x), p, c) / t - 1.0)))
+        return float(np.mean(np.abs(form(np.abs(x), v) / t - 1.0)))
 
     scale = float(np.median(t))
+    rng = np.random.default_rng(0)
+    starts = [np.array([0.5, 1.0, 0.05, 0.01]), np.array([0.1, 3.0, 0.1, 0.1]), np.array([0.9, 0.5, 0.01, 0.001])]
+    starts += [10.0 ** rng.uniform(-3.0, 0.5, 4) for _ in range(16)]  # log-uniform over the plausible ranges
     best = None
-    for start in ([0.5, 1.0, 0.05, 0.0], [0.1, 3.0, 0.1, 0.001], [0.9, 0.5, 0.01, 0.002], [0.0, 5.0, 0.3, 0.0]):
-        x0 = np.array(start[:n]) * np.array([scale, 1.0, 1.0, scale / 100.0][:n])
+    for start in starts:
+        x0 = start[:n] * np.array([scale, 1.0, 1.0, 1.0][:n])
         res = minimize(loss, x0, method="Nelder-Mead", options={"maxiter": 40000, "xatol": 1e-10, "fatol": 1e-12})
         if best is None or res.fun < best.fun:
             best = res
@@ -96,13 +109,16 @@ def main() -> int:
     for engine, rows in sorted(closed.items()):
         t = np.array([r.measured_ttft_ms for r in rows], dtype=float) / 1e3
         c = np.array([r.concurrency for r in rows], dtype=float)
+        tpot = np.array([r.measured_tpot_ms for r in rows], dtype=float) / 1e3
+        osl = np.array([r.osl for r in rows], dtype=float)
         floors = []
         for label, prefill in (("P = meshplan prefill", _prefill_model_s), ("P = FLOPs / datasheet", _prefill_datasheet_s)):
             p = np.array([prefill(r) for r in rows])
+            v = {"p": p, "c": c, "tpot": tpot, "u": np.clip(c * p / (osl * tpot), 0.0, 0.95)}
             for name, (n, form) in FORMS.items():
-                err, x = _best(form, n, p, c, t)
+                err, _ = _best(form, n, v, t)
                 floors.append(err)
-                print(f"  {engine:7s} n={len(rows):2d}  {label:22s} {name:24s} mean |error| {err:6.1%}")
+                print(f"  {engine:7s} n={len(rows):2d}  {label:22s} {name:31s} mean |error| {err:6.1%}")
         total_floor += min(floors) * len(rows)
         own = np.mean([abs(predict_run(r, eff).predicted["ttft"] / r.measured_ttft_ms - 1.0) for r in rows])
         print(f"  {engine:7s} floor (best curve): {min(floors):.1%}; meshplan's model on these rows: {own:.1%}")
