@@ -34,3 +34,20 @@ def test_published_runs_are_predicted() -> None:
     assert np.median(errors["tpot"]) < 0.2
     assert np.median(errors["ttft"]) < 0.3
     assert len(errors["throughput"]) >= 70 and len(errors["tpot"]) >= 70 and len(errors["ttft"]) >= 60
+
+
+def test_triton_backend_rows_schedule_what_the_engine_was_built_for() -> None:
+    # TensorRT-LLM 0.14's online rows ran through Triton, before trtllm-serve (batch limit 256) existed. By Little's
+    # law their decode batch exceeds 256: Llama-3.1-70B TP4 467x256 at 32 req/s made 4083 tok/s at 86 ms per token,
+    # 4083 x 0.086 = 351 sequences decoding on average. They get trtllm-build's max_batch_size 2048; AIConfigurator's
+    # TensorRT-LLM rows keep trtllm-serve's 256.
+    from meshplan.serve.fit import run_inputs
+
+    runs = {r.id: r for r in load_published_serving_runs()[0]}
+    online = runs["trt014on-llama31_70b-h100-tp4-467x256-qps32"]
+    assert online.measured_output_tokens_per_s_total * online.measured_tpot_ms / 1e3 > 256
+    assert run_inputs(online)[0].max_batch == 2048
+    assert run_inputs(runs["aic-agg-llama31-70b-h200-trtllm-fp8-tp2-1024x1024-c4"])[0].max_batch == 256
+    # closed-loop rows whose request count no source states are measured after a warm-up of one per client
+    aic = run_inputs(runs["aic-agg-llama31-70b-h200-trtllm-fp8-tp2-1024x1024-c64"])[1]
+    assert aic.warmup_requests == 64 and aic.num_requests == 640

@@ -70,6 +70,41 @@ def test_first_wave_weighs_less_in_longer_runs() -> None:
     assert float(one.ttft_s[0] - many.ttft_s[0]) == pytest.approx((1.0 - 0.05) * 16 * one_prefill, rel=1e-6)
 
 
+def test_a_warmup_of_one_request_per_client_removes_the_first_wave() -> None:
+    # Same run as above (32 clients, 640 measured requests): a warm-up of 32 requests leaves the first wave's
+    # 16-prefill queue unmeasured, (32 / 640) x 16 prefills less; a warm-up of 16 leaves half of it.
+    base = ServeWorkload(isl=4096, osl=64, concurrency=32, num_requests=640)
+    _, t, cap, it = _setup(base)
+    seq_cap = cap.max_sequences(4096 + 32.0)
+    cold, half, warm = (steady_state(it, base.model_copy(update={"warmup_requests": k}), seq_cap, t.max_batch,
+                                     t.chunk_tokens, t.replicas) for k in (0, 16, 32))
+    one_prefill = float(it.time(0.0, 0.0, 4096.0, 2048.0)[0] - it.time(0.0, 0.0, 0.0, 0.0)[0])
+    assert float(cold.ttft_s[0] - warm.ttft_s[0]) == pytest.approx(0.05 * 16 * one_prefill, rel=1e-6)
+    assert float(cold.ttft_s[0] - half.ttft_s[0]) == pytest.approx(0.025 * 16 * one_prefill, rel=1e-6)
+    # the simulation measures as many requests as asked and leaves the warm-up's out: the synchronised first
+    # wave (32 prompts at once) is what raises the cold run's mean TTFT
+    sim_cold = _sim(base.model_copy(update={"num_requests": 64}), n=64)
+    sim_warm = _sim(base.model_copy(update={"num_requests": 64, "warmup_requests": 32}), n=64)
+    assert len(sim_warm.ttft_s) == 64
+    assert float(np.mean(sim_warm.ttft_s)) < float(np.mean(sim_cold.ttft_s))
+
+
+def test_offline_run_within_the_batch_limit_is_one_in_flight_batched_wave() -> None:
+    # 8 prompts of 2048 tokens, all at once, batch limit 1024: one wave. 16384 prompt tokens fill G = 2
+    # iterations of 8192; with osl 2 each request has one more token: the first group's comes in the second
+    # prompt iteration (mixed), the second group's in a decode-only step, so TPOT = (T_mix + T_dec) / 2 with
+    # T_mix = time(4 decoding, 8192 prompt tokens) and T_dec = time(8 decoding).
+    w = ServeWorkload(isl=2048, osl=2, request_rate=float("inf"), num_requests=8)
+    _, t, cap, it = _setup(w)
+    fig = steady_state(it, w, cap.max_sequences(2049.0), t.max_batch, t.chunk_tokens, t.replicas)
+    ctx = 2048 + 1.0
+    t_mix = float(it.time(4.0, ctx, 8192.0, 1024.0)[0])
+    t_dec = float(it.time(8.0, ctx, 0.0, 0.0)[0])
+    assert float(fig.tpot_s[0]) == pytest.approx((t_mix + t_dec) / 2.0, rel=1e-9)
+    # the run: 2 prompt iterations then one decode step; 8 requests x 2 tokens over it
+    assert float(fig.output_tokens_per_s[0]) == pytest.approx(8 * 2 / (2 * t_mix + t_dec), rel=1e-9)
+
+
 def test_ttft_prices_the_last_chunk_by_its_tokens() -> None:
     # A prompt one token longer than the chunk budget takes two iterations, but the second carries one token:
     # TTFT must not double (it did when every chunk was priced as a full one).

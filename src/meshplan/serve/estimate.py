@@ -70,6 +70,8 @@ class ServeRequest(Frozen):
     prefix_hit: float = Field(default=0.0, ge=0, lt=1)
     length_cv: float = Field(default=0.0, ge=0, le=2)
     num_requests: int = Field(default=2000, gt=0)
+    warmup_requests: int = Field(default=0, ge=0)
+    """Requests sent before the measured ones (a benchmark's warm-up); see `ServeWorkload.warmup_requests`."""
     isl_histogram: str | None = None
     """CSV of `tokens,count`: prompt lengths to sample."""
     osl_histogram: str | None = None
@@ -187,6 +189,7 @@ def request_workload(req: ServeRequest) -> ServeWorkload:
         raise PlanError("give isl and osl (or a length histogram, or a trace)")
     return ServeWorkload(isl=isl, osl=osl, concurrency=req.concurrency, request_rate=req.request_rate,
                          prefix_hit=req.prefix_hit, length_cv=req.length_cv, num_requests=req.num_requests,
+                         warmup_requests=req.warmup_requests,
                          isl_histogram=isl_hist, osl_histogram=osl_hist)
 
 

@@ -82,7 +82,9 @@ def simulate(it: IterationModel, w: ServeWorkload, *, kv_tokens: float, max_batc
     after a varying overhead (see `steady_state`)."""
     step = _Scalar(it)
     rng = np.random.default_rng(seed)
-    n = num_requests
+    # A warm-up runs in the same loop before the measured requests and is left out of the figures.
+    warmup = 0 if w.trace else math.ceil(w.warmup_requests / replicas)
+    n = num_requests + warmup
     if w.trace:  # replay: this instance gets every replicas-th request (round robin)
         mine = w.trace[::replicas][:n]
         n = len(mine)
@@ -203,6 +205,7 @@ def simulate(it: IterationModel, w: ServeWorkload, *, kv_tokens: float, max_batc
         if released >= n and not pending and not waiting and not prefilling and num_decoding == 0 and not finish_at:
             break
     ok = ~np.isnan(done)
+    ok[:warmup] = False
     ttft = first[ok] - sent[ok]
     tpot = (done[ok] - first[ok]) / np.maximum(osl[ok] - 1, 1)
     # Throughput: closed loop over the middle of the run (completions 10%..90%, past ramp-up, before drain);

@@ -56,7 +56,7 @@ def steady_state(it: IterationModel, w: ServeWorkload, seq_cap: np.ndarray, max_
     queue behind each other (the i-th waits for i - 1 prefills, (B - 1) / 2 on average); each request then
     restarts when its predecessor ends, after a client/server overhead that varies from request to request,
     so later waves arrive spread out and wait for no prompt but their own. Averaged over the run, the first
-    wave weighs concurrency / num_requests.
+    wave weighs concurrency / num_requests, less the part of it a warm-up (`w.warmup_requests`) leaves unmeasured.
 
     Prompts that reach the scheduler together share iterations: as many whole prompts as the token budget
     holds (g = chunk // prompt, at least 1, at most B) go into one iteration, and each of them gets its first
@@ -71,6 +71,8 @@ def steady_state(it: IterationModel, w: ServeWorkload, seq_cap: np.ndarray, max_
     cap = np.maximum(np.minimum(max_batch, seq_cap), 1.0)
     if w.concurrency is not None:
         in_flight = w.concurrency / replicas
+    elif w.offline:  # all requests at once: no more in flight than the run has
+        in_flight = np.full_like(cap, w.num_requests / replicas)
     else:
         in_flight = np.full_like(cap, np.inf)
     if scheduler == "static":
@@ -117,13 +119,28 @@ def steady_state(it: IterationModel, w: ServeWorkload, seq_cap: np.ndarray, max_
                 groups_ahead = (np.ceil(np.maximum(n, 1.0) / group) - 1.0) / 2.0
                 return (group - 1.0 + groups_ahead * group) * one_prefill
 
-            first_wave = min(w.concurrency / w.num_requests, 1.0)
+            first_wave = min(max(w.concurrency - w.warmup_requests, 0) / w.num_requests, 1.0)
             service = service + first_wave * wave(b) + (1.0 - first_wave) * lockstep * wave(lockstep * b)
         completions = b / (service + life * tpot)  # requests/s per instance
         if w.offline:
             # All requests at once: they are served B at a time; the mean request waits for half the run.
             total = w.num_requests / replicas
             ttft = service + np.maximum(total - b, 0.0) / completions / 2.0
+            # A run no larger than the batch limit is one wave, in-flight batched (Yu et al. 2022, Orca §4): the
+            # prompts fill G iterations of `chunk` tokens; a request decodes from the iteration after its own
+            # prompt, in iterations that still carry the later prompts (T_mix) until the last prompt is done,
+            # then decode-only (T_dec). The g-th group's request has min(G - g, osl - 1) mixed steps.
+            one_wave = total <= cap
+            groups = np.maximum(np.ceil(total * prompt / chunk), 1.0)
+            per_iter = np.minimum(chunk, total * prompt)
+            t_mix = it.time(total / 2.0, ctx, per_iter, prompt / 2.0)
+            t_dec = it.time(total, ctx, 0.0, 0.0)
+            m = max(w.osl - 1.0, 1.0)
+            k_max = groups - 1.0  # mixed steps of the first group
+            mixed = np.where(k_max <= m, k_max / 2.0, (m * (m + 1.0) / 2.0 + (k_max - m) * m) / groups)
+            ttft = np.where(one_wave, (groups + 1.0) / 2.0 * t_mix + request_overhead_s, ttft)
+            tpot = np.where(one_wave, (mixed * t_mix + (m - mixed) * t_dec) / m, tpot)
+            completions = np.where(one_wave, total / (groups * t_mix + m * t_dec), completions)
         else:
             time_in_system = np.maximum(in_flight / completions, service + life * tpot)
             ttft = time_in_system - life * tpot

@@ -29,6 +29,10 @@ class ServeWorkload(Frozen):
     """Coefficient of variation of prompt and output lengths (0: fixed lengths), used by the simulation."""
     num_requests: int = Field(default=2000, gt=0)
     """Requests in a simulated benchmark run (matters for offline runs, whose TTFT grows with it)."""
+    warmup_requests: int = Field(default=0, ge=0)
+    """Requests sent before the measured ones, in the same loop (a benchmark's warm-up: genai-perf and aiperf
+    `--warmup-request-count`); a closed loop's synchronised first wave is measured only where the warm-up is
+    shorter than the concurrency."""
     isl_histogram: tuple[tuple[int, float], ...] = ()
     """Prompt lengths as (tokens, weight) pairs; the simulation samples them (isl holds their mean)."""
     osl_histogram: tuple[tuple[int, float], ...] = ()
