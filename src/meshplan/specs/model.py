@@ -14,7 +14,6 @@ from pydantic import Field, model_validator
 from meshplan.errors import PlanError
 from meshplan.specs.base import Frozen as _Frozen
 
-
 Context = TypeVar("Context", float, np.ndarray)
 
 
