@@ -111,6 +111,8 @@ class IterationModel:
                              self.dense_weights_s)
                   + np.maximum(tokens * self.expert_linear_s_per_token,
                                self.expert_weights_s * touched + tokens * self.moe_act_s_per_token))
+        # Sliding-window layers attend at most their window. The window caps the mean context c, not each
+        # sequence's: exact when the batch's sequences are all past the window (or all inside it).
         c = windowed_context(np.asarray(c, dtype=np.float64), self.sliding_window, self.windowed_share)
         cp = windowed_prompt_context(np.asarray(cp, dtype=np.float64), self.sliding_window, self.windowed_share)
         attention = np.maximum((np.asarray(d) * c + np.asarray(p) * cp) * self.attn_s_per_token_ctx,
