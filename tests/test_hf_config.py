@@ -28,6 +28,7 @@ CONFIGS = Path(__file__).parent / "data" / "hf_configs"
 #   opt-6.7b                 facebook/opt-6.7b
 #   bloom-560m               bigscience/bloom-560m
 #   minitron-4b-base         nvidia/Minitron-4B-Base (as copied into NVIDIA TensorRT-LLM's tests)
+#   gpt-oss-120b             openai/gpt-oss-120b (quantization_config left out)
 # Expected model_type of each file, so a missing family shows up here.
 FILE_TYPES = {
     "llama-3.1-8b": "llama",
@@ -42,6 +43,7 @@ FILE_TYPES = {
     "opt-6.7b": "opt",
     "bloom-560m": "bloom",
     "minitron-4b-base": "nemotron",
+    "gpt-oss-120b": "gpt_oss",
 }
 
 # Parameters of the released checkpoint (sum of its tensor sizes, tied matrices once) where it is published exactly.
@@ -65,6 +67,8 @@ SAME_AS_PRESET = {
     "qwen2.5-7b": "Qwen2.5-7B",
     "qwen3-30b-a3b": "Qwen3-30B-A3B",
     "deepseek-v3": "DeepSeek-V3",
+    "mistral-7b-instruct-v0.1": "Mistral-7B",
+    "gpt-oss-120b": "gpt-oss-120b",
 }
 
 
@@ -84,7 +88,7 @@ def test_stored_configs_cover_every_family() -> None:
     stored = {p.stem for p in CONFIGS.glob("*.json")}
     assert stored == set(FILE_TYPES)
     required = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "deepseek_v3"}
-    required |= {"gpt2", "gpt_neox", "opt", "bloom", "nemotron"}
+    required |= {"gpt2", "gpt_neox", "opt", "bloom", "nemotron", "gpt_oss"}
     assert set(FILE_TYPES.values()) == required
     assert required <= set(SUPPORTED_MODEL_TYPES)
     for stem, model_type in FILE_TYPES.items():

@@ -261,13 +261,15 @@ def _kv_dtype(row: dict[str, str], group: str, engine: str, precision: str, note
 
 # Attention features of a preset that ModelSpec does not represent: (window in tokens, what it is).
 _UNMODELLED_ATTENTION = {
-    "Mistral-7B": (4096, "Mistral-7B v0.1 sliding-window attention (4096 tokens) on every layer"),
     "Llama-4-Scout-17B-16E": (8192, "Llama-4 chunked attention (8192-token chunks) on 3 of every 4 layers"),
-    "gpt-oss-120b": (128, "gpt-oss sliding-window attention (128 tokens) on every other layer, plus attention sinks"),
 }
+"""Attention patterns the presets do not model (sliding windows are modelled: `ModelSpec.sliding_window`)."""
 
 
 def _attention_note(model: ModelSpec, isl: int, osl: int) -> str | None:
+    if model.sliding_window_layers:
+        return (f"sliding-window attention ({model.sliding_window} tokens) on {model.sliding_window_layers} of "
+                f"{model.num_layers} layers, modelled")
     if model.name not in _UNMODELLED_ATTENTION:
         return None
     window, what = _UNMODELLED_ATTENTION[model.name]

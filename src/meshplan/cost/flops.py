@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from meshplan.specs.model import ModelSpec
+from meshplan.specs.model import ModelSpec, windowed_prompt_context
 
 
 @dataclass(frozen=True)
@@ -87,10 +87,18 @@ def attention_core_flops_per_token(model: ModelSpec, seq_len: int, causal_skip: 
     """Forward FLOPs of QKᵀ and softmax·V for one token against a context of `seq_len`.
 
     Full: 2·s·(q_dim + v_dim) (PaLM, Chowdhery et al. 2022, App. B: the 12·L·H·Q·T term / 3 passes / L).
-    Fused causal kernels skip the masked upper triangle: half of that (Dao 2023, FlashAttention-2 §3.1.1).
+    Fused causal kernels skip the masked upper triangle: half of that (Dao 2023, FlashAttention-2 §3.1.1), and
+    on sliding-window layers also the blocks left of the window, so a token at position i attends min(i, W)
+    (Beltagy et al. 2020, Longformer §3.1): the mean over layers of `windowed_prompt_context(s/2)`. Without the
+    skip the masked scores are computed anyway: 2·s per query on every layer.
     """
     full = 2.0 * seq_len * (model.q_dim + model.attn_out_dim)
-    return full / 2.0 if causal_skip else full
+    if not causal_skip:
+        return full
+    if not model.sliding_window_layers:
+        return full / 2.0
+    attended = windowed_prompt_context(seq_len / 2.0, model.sliding_window, model.windowed_share)
+    return 2.0 * attended * (model.q_dim + model.attn_out_dim)
 
 
 def layer_gemm_flops_per_token(model: ModelSpec) -> tuple[float, float]:

@@ -2,8 +2,10 @@
 
 Weights follow the layer structure of `ModelSpec`; the KV cache holds keys and values of every layer
 (Pope et al. 2022, §2: 2·layers·kv_heads·head_dim values per token; MLA caches the compressed latent,
-kv_lora_rank + qk_rope_head_dim per layer, DeepSeek-V2 §2.1). Everything is vectorised over a
-`DeploymentTable`.
+kv_lora_rank + qk_rope_head_dim per layer, DeepSeek-V2 §2.1). A sliding-window layer keeps only the last
+`sliding_window` tokens of a sequence: engines allocate it no more (vLLM's hybrid KV-cache manager, SGLang's SWA
+memory pool, TensorRT-LLM's variable sliding-window attention), so a sequence of n tokens takes
+`ModelSpec.kv_tokens_held(n)` full-model tokens. Everything is vectorised over a `DeploymentTable`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 
 from meshplan.serve.deployment import DeploymentTable
 from meshplan.specs.gpu import GpuSpec
-from meshplan.specs.model import ModelSpec
+from meshplan.specs.model import ModelSpec, windowed_context
 
 ACTIVATION_BYTES = 2.0  # bytes per activation value (bf16 activations, also with fp8/fp4 weights)
 
@@ -59,14 +61,20 @@ class Capacity:
     kv_tokens: np.ndarray
     """KV-cache tokens one instance holds (over its attention-DP ranks)."""
     usable_bytes: float
+    sliding_window: float = 0.0
+    """Tokens a sliding-window layer keeps (0: none); see `ModelSpec.kv_tokens_held`."""
+    windowed_share: float = 0.0
+    """Share of the layers with the sliding window."""
 
     @property
     def fits(self) -> np.ndarray:
         return self.kv_budget_bytes > 0
 
     def max_sequences(self, tokens_per_sequence: float) -> np.ndarray:
-        """Sequences of `tokens_per_sequence` KV tokens that fit in one instance at once."""
-        return np.floor(self.kv_tokens / max(tokens_per_sequence, 1.0))
+        """Sequences of `tokens_per_sequence` tokens that fit in one instance's KV cache at once (windowed layers
+        keep only their window of each)."""
+        held = windowed_context(max(tokens_per_sequence, 1.0), self.sliding_window, self.windowed_share)
+        return np.floor(self.kv_tokens / held)
 
 
 def capacity(model: ModelSpec, gpu: GpuSpec, t: DeploymentTable, memory_fraction: float,
@@ -82,4 +90,5 @@ def capacity(model: ModelSpec, gpu: GpuSpec, t: DeploymentTable, memory_fraction
     per_token = kv_bytes_per_token(model, t)
     tokens = np.maximum(budget, 0.0) / per_token * t.attn_dp
     return Capacity(weights_bytes=weights, activation_bytes=activations, runtime_bytes=np.full_like(weights, runtime_bytes),
-                    kv_budget_bytes=budget, kv_bytes_per_token=per_token, kv_tokens=tokens, usable_bytes=usable)
+                    kv_budget_bytes=budget, kv_bytes_per_token=per_token, kv_tokens=tokens, usable_bytes=usable,
+                    sliding_window=float(model.sliding_window), windowed_share=model.windowed_share)

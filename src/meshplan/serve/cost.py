@@ -11,7 +11,10 @@ Per GPU of the busiest stage:
   GEMMs also stream each routed token's activations through HBM (permute, gate/up out, activation, down in,
   unpermute: 2·hidden + 6·moe_ffn elements per token and expert; Gale et al. 2023, MegaBlocks §3), which
   at large batches outweighs the few FLOPs of a small expert;
-- attention: max(2·(q_dim + o_dim)·context FLOPs per token per layer, KV-cache bytes read) (Pope et al. 2022, §2);
+- attention: max(2·(q_dim + o_dim)·context FLOPs per token per layer, KV-cache bytes read) (Pope et al. 2022, §2),
+  where a sliding-window layer's context is at most its window (Beltagy et al. 2020, Longformer §3.1; Jiang et
+  al. 2023, Mistral 7B §2; gpt-oss windows every other layer, OpenAI gpt-oss model card 2025): the mean over
+  layers of the tokens attended, `ModelSpec.attended_context`;
 - tensor parallel: 2 all-reduces per layer of tokens·hidden activations (Narayanan et al. 2021, §3.2); inside
   one node the engines' own one-shot all-reduce (vLLM custom_all_reduce, TensorRT-LLM AllReduceStrategy
   ONESHOT, SGLang's custom all-reduce: every rank reads its k-1 peers' buffers over NVLink) costs one exchange
@@ -38,7 +41,7 @@ from meshplan.serve.capacity import ACTIVATION_BYTES, kv_bytes_per_token, weight
 from meshplan.serve.deployment import DeploymentTable
 from meshplan.serve.efficiency import ServingEfficiency
 from meshplan.specs.cluster import ClusterSpec
-from meshplan.specs.model import ModelSpec
+from meshplan.specs.model import ModelSpec, windowed_context, windowed_prompt_context
 
 TERMS = ("overhead", "linear", "attention", "tp_comm", "ep_comm", "pp_p2p")
 TERM_SOURCES = {
@@ -89,6 +92,11 @@ class IterationModel:
     pp: np.ndarray
     expert_pick: float
     """Probability that one token routes to a given expert (top-k / experts); 0 for dense models."""
+    sliding_window: float = 0.0
+    """Tokens a sliding-window layer attends to (0: none)."""
+    windowed_share: float = 0.0
+    """Share of the layers with the sliding window (a stage is taken to hold its share of them, as with
+    gpt-oss's alternating layers)."""
 
     def take(self, index: int | np.ndarray) -> IterationModel:
         fields = {k: (v[index] if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()}
@@ -103,6 +111,10 @@ class IterationModel:
                              self.dense_weights_s)
                   + np.maximum(tokens * self.expert_linear_s_per_token,
                                self.expert_weights_s * touched + tokens * self.moe_act_s_per_token))
+        # Sliding-window layers attend at most their window. The window caps the mean context c, not each
+        # sequence's: exact when the batch's sequences are all past the window (or all inside it).
+        c = windowed_context(np.asarray(c, dtype=np.float64), self.sliding_window, self.windowed_share)
+        cp = windowed_prompt_context(np.asarray(cp, dtype=np.float64), self.sliding_window, self.windowed_share)
         attention = np.maximum((np.asarray(d) * c + np.asarray(p) * cp) * self.attn_s_per_token_ctx,
                                np.asarray(d) * c * self.kv_s_per_token_ctx)
         return {
@@ -204,4 +216,5 @@ def iteration_model(model: ModelSpec, cluster: ClusterSpec, t: DeploymentTable, 
         tp_latency_s=tp_latency, tp_s_per_token=tp_per_token, ep_latency_s=ep_latency, ep_s_per_token=ep_per_token,
         pp_latency_s=pp_latency, pp_s_per_token=pp_per_token, pp=t.pp,
         expert_pick=model.moe_topk / model.num_experts if model.is_moe else 0.0,
+        sliding_window=float(model.sliding_window), windowed_share=model.windowed_share,
     )

@@ -73,7 +73,7 @@ def estimate_disagg(req: ServeRequest, model: ModelSpec, cluster: ClusterSpec, w
     one_prompt = math.ceil(prompt / chunk) * t_chunk
     # KV transfer of one request: its cache over the network link of one GPU (Splitwise §4.3).
     links = Links.of(cluster, default_efficiency())
-    kv_bytes = float(kv_bytes_per_token(model, td)[0]) * dec.tp * dec.pp * work.isl
+    kv_bytes = float(kv_bytes_per_token(model, td)[0]) * dec.tp * dec.pp * model.kv_tokens_held(float(work.isl))
     transfer = float(p2p_time(np.array(kv_bytes / max(pre.tp * pre.pp, 1)), np.array(True), links))
     # Decode pool.
     seq_cap = float(cap_d.max_sequences(ctx)[0])

@@ -20,6 +20,7 @@ import numpy as np
 
 from meshplan.serve.cost import IterationModel
 from meshplan.serve.workload import ServeWorkload
+from meshplan.specs.model import windowed_context, windowed_prompt_context
 
 PERCENTILES = (50.0, 90.0, 99.0)
 MAX_ITERATIONS = 200_000  # safety bound on one simulation
@@ -53,6 +54,9 @@ class _Scalar:
         linear = (max(tokens * f["linear_s_per_token"] + d * f["lm_head_s_per_token"], f["dense_weights_s"])
                   + max(tokens * f["expert_linear_s_per_token"],
                         f["expert_weights_s"] * touched + tokens * f["moe_act_s_per_token"]))
+        if f["windowed_share"]:  # sliding-window layers attend at most their window (see IterationModel.terms)
+            c = windowed_context(c, f["sliding_window"], f["windowed_share"])
+            cp = windowed_prompt_context(cp, f["sliding_window"], f["windowed_share"])
         attention = max((d * c + p * cp) * f["attn_s_per_token_ctx"], d * c * f["kv_s_per_token_ctx"])
         return (f["fixed_s"] + d * f["per_sequence_s"] + linear + attention
                 + f["tp_latency_s"] + tokens * f["tp_s_per_token"] + f["ep_latency_s"] + tokens * f["ep_s_per_token"]
@@ -117,6 +121,9 @@ def simulate(it: IterationModel, w: ServeWorkload, *, kv_tokens: float, max_batc
     first = np.full(n, math.nan)
     done = np.full(n, math.nan)
     isl_of, osl_of = isl.tolist(), osl.tolist()
+    # KV tokens a request reserves (whole prompt and output; sliding-window layers keep only their window)
+    held_of = windowed_context((isl + osl).astype(np.float64), step.f["sliding_window"],
+                               step.f["windowed_share"]).tolist()
     arrival_of = arrival.tolist()
     prefilled = [0] * n
     waiting: deque[int] = deque()
@@ -133,17 +140,17 @@ def simulate(it: IterationModel, w: ServeWorkload, *, kv_tokens: float, max_batc
     life_sum, lives = 0.0, 0  # send-to-last-token times of the completed requests
     client_of = list(range(released)) if closed else []  # closed loop: the client that sent each request
     locked = [False] * len(client_of)  # clients that restart in lockstep
-    kv_used = 0
+    kv_used = 0.0
     batch_sum = 0.0
     iterations = 0
     while iterations < MAX_ITERATIONS:
         while pending and pending[0][0] <= clock:
             waiting.append(heapq.heappop(pending)[1])
         in_batch = len(prefilling) + num_decoding
-        while waiting and in_batch < max_batch and kv_used + isl_of[waiting[0]] + osl_of[waiting[0]] <= kv_tokens:
+        while waiting and in_batch < max_batch and kv_used + held_of[waiting[0]] <= kv_tokens:
             r = waiting.popleft()
             prefilling.append(r)
-            kv_used += isl_of[r] + osl_of[r]
+            kv_used += held_of[r]
             in_batch += 1
         if in_batch == 0:
             if waiting or not pending:  # a request that cannot fit the KV cache, or all done
@@ -185,7 +192,7 @@ def simulate(it: IterationModel, w: ServeWorkload, *, kv_tokens: float, max_batc
             done[r] = clock
             life_sum += clock - sent[r]
             lives += 1
-            kv_used -= isl_of[r] + osl_of[r]
+            kv_used -= held_of[r]
             if osl_of[r] > 1:
                 num_decoding -= 1
                 ctx_sum -= isl_of[r] + osl_of[r]

@@ -11,6 +11,11 @@ Approximations (all far below 0.01 % of any real model's parameters):
   read as `linear_bias` (over-counts the attention biases).
 * Router extras are not counted: DeepSeek-V3's `e_score_correction_bias` (`n_routed_experts` values per MoE layer)
   and Qwen2-MoE's `shared_expert_gate` (`hidden` values per MoE layer).
+* gpt-oss's attention sinks (`num_attention_heads` learned logits per layer) are not counted.
+* Sliding-window attention: `sliding_window` on the layers `layer_types` marks "sliding_attention" (gpt-oss), on the
+  layers from `max_window_layers` on (Qwen2/3 with `use_sliding_window`), else on every layer (Mistral v0.1); none
+  when the window is null/0 or `use_sliding_window` is false. Llama-4's chunked attention (`attention_chunk_size`)
+  is not read: `llama4` configs are not supported.
 * DeepSeek's multi-token-prediction module (`num_nextn_predict_layers`) is not part of the model (the 671B figure of
   DeepSeek-V3 excludes it as well).
 """
@@ -24,7 +29,7 @@ from pydantic import ValidationError
 from meshplan.errors import PlanError
 from meshplan.specs.model import MlaSpec, ModelSpec
 
-_LLAMA_LIKE = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "deepseek_v2", "deepseek_v3")
+_LLAMA_LIKE = ("llama", "mistral", "mixtral", "gpt_oss", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "deepseek_v2", "deepseek_v3")
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted((*_LLAMA_LIKE, "gpt2", "gpt_neox", "opt", "bloom", "nemotron")))
 """The `model_type` values `model_from_hf_config` reads."""
 
@@ -181,7 +186,9 @@ def _llama_like(cfg: _Config) -> dict[str, Any]:
     else:
         fields["head_dim"] = cfg.head_dim(hidden, heads, "head_dim")
 
-    if t == "mixtral":
+    if t == "gpt_oss":  # biases on every linear layer (attention and experts) and on the router
+        fields.update(linear_bias=True, qkv_bias=False, router_bias=True)
+    if t in ("mixtral", "gpt_oss"):
         fields.update(
             ffn_hidden=0,
             num_experts=cfg.integer("num_local_experts"),
@@ -214,7 +221,26 @@ def _llama_like(cfg: _Config) -> dict[str, Any]:
             fields["router_bias"] = cfg.raw.get("topk_method") == "noaux_tc"  # e_score_correction_bias
     else:
         fields["ffn_hidden"] = cfg.integer("intermediate_size")
-    return fields
+    return {**fields, **_sliding_window(cfg, layers)}
+
+
+def _sliding_window(cfg: _Config, layers: int) -> dict[str, int]:
+    """`sliding_window` and how many layers use it (see the module docstring for the rules)."""
+    window = cfg.integer("sliding_window", default=0, minimum=0)
+    if not window or not cfg.flag("use_sliding_window", True):
+        return {}
+    types = cfg.raw.get("layer_types")
+    if types is not None:
+        kinds = {"sliding_attention", "full_attention"}
+        if not isinstance(types, list) or len(types) != layers or not set(types) <= kinds:
+            raise cfg.error(f"layer_types={types!r} is not a list of {layers} 'sliding_attention'/'full_attention' "
+                            "entries (one per layer); fix config.json")
+        windowed = types.count("sliding_attention")
+    elif cfg.has("max_window_layers") and cfg.model_type.startswith("qwen"):
+        windowed = max(layers - cfg.integer("max_window_layers", minimum=0), 0)  # layers i >= max_window_layers
+    else:
+        windowed = layers
+    return {"sliding_window": window, "sliding_window_layers": windowed} if windowed else {}
 
 
 def _moe_layout(cfg: _Config, is_moe: list[bool], experts: int, keys: str) -> dict[str, Any]:

@@ -6,12 +6,37 @@ FLOPs and memory live in `meshplan.cost`, which reads the per-layer counts defin
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from meshplan.errors import PlanError
 from meshplan.specs.base import Frozen as _Frozen
+
+Context = TypeVar("Context", float, np.ndarray)
+
+
+def windowed_context(c: Context, window: float, windowed_share: float) -> Context:
+    """Mean over layers of the tokens one query at context `c` attends to (or one sequence of `c` tokens keeps
+    in the KV cache), when a share `windowed_share` of the layers attends only to the last `window` tokens:
+    (1 - share)·c + share·min(c, W) (Beltagy et al. 2020, Longformer §3.1; Jiang et al. 2023, Mistral 7B §2).
+    `c` may be a float or a numpy array (element-wise); with no window it is returned unchanged."""
+    if not windowed_share:
+        return c
+    return c - windowed_share * np.maximum(c - window, 0.0)  # type: ignore[return-value]
+
+
+def windowed_prompt_context(cp: Context, window: float, windowed_share: float) -> Context:
+    """`windowed_context` for the prompt tokens of a prefill whose mean causal context is `cp`, taking the
+    tokens as spread evenly over positions 0..2·cp (a whole prompt of 2·cp tokens): a windowed layer's token at
+    position i attends min(i, W), whose mean over the prompt is cp when 2·cp <= W, else W - W²/(4·cp), i.e.
+    cp less (2·cp - W)²/(4·cp). A later chunk of a long prompt (all its positions past W) attends W exactly;
+    the even spread then overstates it by W²/(4·cp) tokens, a small share of W once cp >> W."""
+    if not windowed_share:
+        return cp
+    excess = np.maximum(2.0 * cp - window, 0.0) ** 2 / (4.0 * np.maximum(cp, 1e-9))
+    return cp - windowed_share * excess  # type: ignore[no-any-return]
 
 
 class MlaSpec(_Frozen):
@@ -86,6 +111,11 @@ class ModelSpec(_Frozen):
     """Leading layers with a dense MLP in an MoE model (DeepSeek-V3: 3)."""
     mla: MlaSpec | None = None
     """Multi-head latent attention, when the model uses it."""
+    sliding_window: int = Field(default=0, ge=0)
+    """Tokens each sliding-window layer attends to (its query and the window - 1 before it); 0: no window."""
+    sliding_window_layers: int = Field(default=0, ge=0)
+    """How many of the `num_layers` use the sliding window (gpt-oss: 18 of 36, every other one); the rest attend
+    to the whole context."""
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -107,6 +137,12 @@ class ModelSpec(_Frozen):
                 raise PlanError(f"model {self.name}: dense layers need ffn_hidden > 0")
         elif self.ffn_hidden <= 0:
             raise PlanError(f"model {self.name}: a dense model needs ffn_hidden > 0")
+        if self.sliding_window_layers > self.num_layers:
+            raise PlanError(f"model {self.name}: sliding_window_layers={self.sliding_window_layers} exceeds "
+                            f"num_layers={self.num_layers}; give at most {self.num_layers} windowed layers")
+        if (self.sliding_window > 0) != (self.sliding_window_layers > 0):
+            raise PlanError(f"model {self.name}: sliding_window={self.sliding_window} with "
+                            f"sliding_window_layers={self.sliding_window_layers}; set both > 0 or both 0")
         return self
 
     # --- shape helpers -------------------------------------------------------------------------------
@@ -149,6 +185,21 @@ class ModelSpec(_Frozen):
         if self.mla is not None:
             return self.num_heads * self.mla.v_head_dim
         return self.num_heads * self.head_dim
+
+    @property
+    def windowed_share(self) -> float:
+        """Share of the layers that use the sliding window (0.0 without one)."""
+        return self.sliding_window_layers / self.num_layers
+
+    def attended_context(self, c: Context) -> Context:
+        """Mean over layers of the tokens a query at context `c` attends to: c on full-attention layers,
+        min(c, sliding_window) on windowed ones. Works element-wise on a numpy array of contexts."""
+        return windowed_context(c, self.sliding_window, self.windowed_share)
+
+    def kv_tokens_held(self, n: Context) -> Context:
+        """KV-cache tokens a sequence of `n` tokens keeps, in full-model tokens (all layers): the windowed
+        layers keep only the last sliding_window tokens. Works element-wise on a numpy array."""
+        return windowed_context(n, self.sliding_window, self.windowed_share)
 
     # --- parameter counts (weights + biases + norm gains) ------------------------------------------------
     def _norm_params(self, width: int) -> int:
