@@ -48,8 +48,8 @@ def run_inputs(run: PublishedServingRun, requests_per_client: float = 10.0) -> t
     whose request count no source states sends `requests_per_client` requests per client after a warm-up of one
     request per client (genai-perf's and aiperf's `--warmup-request-count` practice), so its synchronised first
     wave is not measured. The assumption is the data's choice too: with the first wave measured (no warm-up,
-    10 requests per client) the fit leaves the closed-loop TTFT 1.6 points worse overall and vLLM's 7.5 points
-    worse, above the floor of benchmarks/serving_ttft_floor.py."""
+    10 requests per client) the refit leaves the mean TTFT error 2.6 points worse overall (TensorRT-LLM 4.4 and
+    vLLM 3.8 points worse, SGLang 4.7 better)."""
     offline_bench = run.source_group in ("trtllm-0.17", "trtllm-pytorch")  # trtllm-bench throughput tables
     defaults = OFFLINE_BENCH if offline_bench else DEFAULTS.get(run.engine, DEFAULTS["unknown"])
     if run.source_group == "trtllm-0.14-online":  # served through Triton, before trtllm-serve existed
