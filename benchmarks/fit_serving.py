@@ -29,7 +29,7 @@ START = ServingEfficiency(
     iteration_overhead_s={"trtllm": 0.002, "vllm": 0.003, "sglang": 0.003, "unknown": 0.003},
     request_overhead_s={"trtllm": 0.02, "vllm": 0.02, "sglang": 0.02, "unknown": 0.02},
     lockstep_share={"trtllm": 0.3, "vllm": 0.3, "sglang": 0.3, "unknown": 0.0},
-    sequence_overhead_s=1e-5, requests_per_client=10.0,
+    sequence_overhead_s=1e-5,
 )
 
 

@@ -30,7 +30,7 @@ discrete-event simulation calls it per iteration cheaply.
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -137,13 +137,15 @@ def _tp_all_reduce(bytes_per_token: float, tp: np.ndarray, links: Links,
     """(latency s, s per token) of one tensor-parallel all-reduce, the lower envelope of the algorithms engines
     switch between by message size: small (decode) messages take the one-shot kernel inside a node (2α: write,
     flag sync; NCCL's tree needs 2·log2(k)·α), large (prefill) ones a bandwidth-optimal ring / two-shot,
-    2(k-1)/k·n/bw. An engine without the one-shot kernel (`nccl_step_s` given) pays NCCL's tree, 2·log2(k)
-    steps of `nccl_step_s` each (Thakur et al. 2005, §4.4)."""
+    2(k-1)/k·n/bw. An engine without the one-shot kernel (`nccl_step_s` given) pays NCCL's tree in a node,
+    with `nccl_step_s` as the step latency α."""
     one = np.ones_like(tp, dtype=np.float64)
+    if nccl_step_s is not None:
+        links = replace(links, intra_latency_s=nccl_step_s)
     nccl_lat = all_reduce_time(0.0 * one, tp, one, links)
     ring_slope = all_reduce_time(bytes_per_token * one, tp, one, links) - nccl_lat
     if nccl_step_s is not None:
-        return np.where(tp > 1, 2.0 * np.ceil(np.log2(np.maximum(tp, 1))) * nccl_step_s, 0.0), ring_slope
+        return nccl_lat, ring_slope
     in_node = (tp > 1) & (tp <= links.gpus_per_node)
     return np.where(in_node, np.minimum(2.0 * links.intra_latency_s, nccl_lat), nccl_lat), ring_slope
 

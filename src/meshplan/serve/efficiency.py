@@ -43,12 +43,6 @@ class ServingEfficiency(Frozen):
     seconds per step of NCCL's tree, which costs 2·log2(k) steps for k GPUs (Thakur et al. 2005, §4.4). Engines
     not listed use their one-shot kernel (2α of the cluster's links). Fitted for the unnamed engine of
     splitwise-sim's profiles, whose decode steps grow with TP as 2·log2(k) steps of ~20-30 us would."""
-    requests_per_client: float = Field(default=10.0, ge=1)
-    """Requests each closed-loop client sends in a measured benchmark run whose request count its source does
-    not state (requests). Such runs are priced after a warm-up of one request per client, which absorbs the
-    clients' synchronised first wave (`meshplan.serve.fit.run_inputs`), so the count sets only the length of a
-    simulated run, not the steady-state means. Assumed, not fitted. Used only to price the published runs (a
-    user's workload states its own request count and warm-up)."""
     memory_fraction: float = Field(default=0.9, gt=0, le=1)
     """Fraction of the memory left after weights, activations and runtime that the KV cache takes (TensorRT-LLM
     kv_cache_free_gpu_mem_fraction 0.9; vLLM --gpu-memory-utilization 0.9 is close). Not fitted."""

@@ -28,11 +28,8 @@ DEFAULTS = {
     "unknown": EngineDefaults(256, 8192, "assumed vLLM-like defaults"),
 }
 
-# The Triton backend of TensorRT-LLM (before trtllm-serve, 0.14 and earlier) schedules as many requests as the
-# engine was built for: trtllm-build's BuildConfig defaults, max_batch_size 2048 and max_num_tokens 8192.
-TRITON_BACKEND = EngineDefaults(2048, 8192, "TensorRT-LLM Triton backend: trtllm-build defaults max_batch_size=2048, "
-                                            "max_num_tokens=8192")
-
-# trtllm-bench's offline throughput runs size the engine for the workload (up to BuildConfig's
-# max_batch_size=2048); the KV cache usually binds first.
-OFFLINE_BENCH = EngineDefaults(2048, 8192, "trtllm-bench offline: engine max_batch_size up to 2048, max_num_tokens 8192")
+# TensorRT-LLM run without trtllm-serve schedules as many requests as its build allows: BuildConfig's defaults,
+# max_batch_size 2048 and max_num_tokens 8192 (trtllm-bench's offline throughput runs size it for the workload
+# up to that; the Triton backend of 0.14 and earlier serves the built engine); the KV cache usually binds first.
+ENGINE_BUILD = EngineDefaults(2048, 8192, "TensorRT-LLM without trtllm-serve (trtllm-bench, Triton backend): "
+                                          "BuildConfig max_batch_size=2048, max_num_tokens=8192")

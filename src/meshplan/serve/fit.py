@@ -21,7 +21,7 @@ from meshplan.serve.capacity import capacity
 from meshplan.serve.cost import iteration_model
 from meshplan.serve.deployment import Deployment, DeploymentTable
 from meshplan.serve.efficiency import ServingEfficiency
-from meshplan.serve.engines import DEFAULTS, OFFLINE_BENCH, TRITON_BACKEND
+from meshplan.serve.engines import DEFAULTS, ENGINE_BUILD
 from meshplan.serve.steady import Scheduler, steady_state
 from meshplan.serve.workload import ServeWorkload
 from meshplan.specs.cluster import make_cluster
@@ -38,29 +38,32 @@ class RunPrediction:
     fits: bool
 
 
+# Sources whose runs schedule what their TensorRT engine was built for: trtllm-bench's throughput tables, and
+# TensorRT-LLM 0.14's online table, served through Triton before trtllm-serve (batch limit 256) existed.
+ENGINE_BUILD_GROUPS = ("trtllm-0.17", "trtllm-pytorch", "trtllm-0.14-online")
+
+# Measured requests per closed-loop client where no source states the run's request count (assumed; after the
+# warm-up it changes no steady-state mean, only the length of a simulated run).
+REQUESTS_PER_CLIENT = 10
+
 # Requests per run where the source states it: TensorRT-LLM 0.14's online table, "with 500 requests".
 STATED_REQUESTS = {"trtllm-0.14-online": 500}
 
 
-def run_inputs(run: PublishedServingRun, requests_per_client: float = 10.0) -> tuple[Deployment, ServeWorkload,
-                                                                                       Scheduler]:
+def run_inputs(run: PublishedServingRun) -> tuple[Deployment, ServeWorkload, Scheduler]:
     """The deployment and workload of a published run, with the engine's scheduler defaults; a closed-loop run
-    whose request count no source states sends `requests_per_client` requests per client after a warm-up of one
+    whose request count no source states sends REQUESTS_PER_CLIENT requests per client after a warm-up of one
     request per client (genai-perf's and aiperf's `--warmup-request-count` practice), so its synchronised first
     wave is not measured. The assumption is the data's choice too: with the first wave measured (no warm-up,
     10 requests per client) the refit leaves the mean TTFT error 2.6 points worse overall (TensorRT-LLM 4.4 and
     vLLM 3.8 points worse, SGLang 4.7 better)."""
-    offline_bench = run.source_group in ("trtllm-0.17", "trtllm-pytorch")  # trtllm-bench throughput tables
-    defaults = OFFLINE_BENCH if offline_bench else DEFAULTS.get(run.engine, DEFAULTS["unknown"])
-    if run.source_group == "trtllm-0.14-online":  # served through Triton, before trtllm-serve existed
-        defaults = TRITON_BACKEND
+    defaults = ENGINE_BUILD if run.source_group in ENGINE_BUILD_GROUPS else DEFAULTS.get(run.engine, DEFAULTS["unknown"])
     dep = Deployment(tp=run.tp, pp=run.pp, ep=run.ep, attn_dp=run.attn_dp, replicas=run.replicas,
                      precision=run.precision,  # type: ignore[arg-type]
                      kv_dtype=run.kv_dtype,  # type: ignore[arg-type]
                      max_batch=defaults.max_batch, chunk_tokens=defaults.chunk_tokens)
     stated = STATED_REQUESTS.get(run.source_group)
-    requests = stated or (max(round(requests_per_client * run.concurrency), run.concurrency)
-                          if run.concurrency is not None else 2000)
+    requests = stated or (REQUESTS_PER_CLIENT * run.concurrency if run.concurrency is not None else 2000)
     warmup = run.concurrency if run.concurrency is not None and stated is None else 0
     work = ServeWorkload(isl=run.isl, osl=run.osl, concurrency=run.concurrency,
                          request_rate=None if run.concurrency is not None else run.request_rate,
@@ -72,7 +75,7 @@ def run_inputs(run: PublishedServingRun, requests_per_client: float = 10.0) -> t
 def predict_run(run: PublishedServingRun, eff: ServingEfficiency, simulate_rates: bool = False) -> RunPrediction:
     """Predicted TTFT (ms), TPOT (ms) and output tokens/s of a run; with `simulate_rates`, finite-rate
     (open-loop) rows come from the scheduler simulation, as `meshplan serve --estimate` prices them."""
-    dep, work, scheduler = run_inputs(run, eff.requests_per_client)
+    dep, work, scheduler = run_inputs(run)
     table = DeploymentTable.of([dep])
     cluster = make_cluster(run.gpu, max(run.num_gpus, 1), gpus_per_node=max(run.gpu.default_gpus_per_node, 1)
                            if run.num_gpus > run.gpu.default_gpus_per_node else None)
